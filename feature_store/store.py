@@ -1,0 +1,292 @@
+"""Versioned, immutable table store of the bank's data under ``$NBA_HOME/store``.
+
+Layout::
+
+    store/
+      CURRENT                      name of the live version ("v000003"), replaced atomically
+      LOCK                         held (flock) by the one writer at a time
+      versions/v000003/
+        manifest.json              tables, parts, row counts, content hashes, source, created_at
+        customers/part-00000.parquet ...
+      staging/<random>/            a version being written; never read
+
+A writer fills a staging folder, then renames it into ``versions/`` and finally replaces ``CURRENT``.
+A failed or killed write therefore leaves ``CURRENT`` on the previous complete version; readers see
+the old or the new version, never a mix. Files of a version are never modified after commit, so a new
+version shares unchanged tables with its parent by hard links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nba import schema
+from nba.errors import StoreError
+
+_VERSION_RE = re.compile(r"^v(\d{6})$")
+KEEP_VERSIONS = 5
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoreVersion:
+    """One committed, immutable snapshot of all contract tables."""
+
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.manifest["tables"])
+
+    def rows(self, table: str) -> int:
+        return int(self._entry(table)["rows"])
+
+    def table_dir(self, table: str) -> Path:
+        self._entry(table)
+        return self.path / table
+
+    def table_glob(self, table: str) -> str:
+        """Glob of the table's Parquet parts, for DuckDB's ``read_parquet``."""
+        return str(self.table_dir(table) / "*.parquet")
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        entry = self._entry(table)
+        parts = [self.path / table / p["file"] for p in entry["parts"]]
+        contract = schema.table(table).arrow_schema
+        if not parts:
+            empty = contract if columns is None else pa.schema([contract.field(c) for c in columns])
+            return empty.empty_table()
+        tables = [pq.read_table(p, columns=columns) for p in parts]
+        return pa.concat_tables(tables)
+
+    @property
+    def content_hash(self) -> str:
+        """One hash over every part of every table: the data snapshot's identity."""
+        h = hashlib.sha256()
+        for t in sorted(self.manifest["tables"]):
+            for p in self.manifest["tables"][t]["parts"]:
+                h.update(f"{t}/{p['sha256']}".encode())
+        return h.hexdigest()
+
+    def _entry(self, table: str) -> dict:
+        try:
+            return self.manifest["tables"][table]
+        except KeyError:
+            raise StoreError(f"table {table!r} is not in store version {self.name}") from None
+
+
+class VersionWriter:
+    """Builds a new version in a staging folder; ``TableStore.write`` commits or discards it."""
+
+    def __init__(self, store: "TableStore", path: Path, parent: StoreVersion | None):
+        self.store = store
+        self.path = path
+        self.parent = parent
+        self._parts: dict[str, list[dict]] = {}
+
+    def table_dir(self, table: str) -> Path:
+        d = self.path / table
+        d.mkdir(parents=True, exist_ok=True)
+        self._parts.setdefault(table, [])
+        return d
+
+    def write_part(self, table: str, data: pa.Table) -> Path:
+        """Write one Parquet part of ``table`` (already in contract types) and return its path."""
+        d = self.table_dir(table)
+        part = d / f"part-{len(self._parts[table]):05d}.parquet"
+        data = data.cast(schema.table(table).arrow_schema)
+        pq.write_table(data, part, compression="zstd")
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())
+        self._parts[table].append({"file": part.name, "rows": data.num_rows, "sha256": _sha256(part)})
+        return part
+
+    def ensure_table(self, table: str) -> None:
+        """Declare ``table`` present even if it received no rows (an empty table)."""
+        self.table_dir(table)
+
+    def link_from_parent(self, table: str) -> None:
+        """Carry the parent version's ``table`` over unchanged (hard links: no copy, no rewrite)."""
+        if self.parent is None or table not in self.parent.tables:
+            raise StoreError(f"no previous version of table {table!r} to carry over")
+        d = self.table_dir(table)
+        for p in self.parent.manifest["tables"][table]["parts"]:
+            src = self.parent.path / table / p["file"]
+            dst = d / f"part-{len(self._parts[table]):05d}.parquet"
+            try:
+                os.link(src, dst)
+            except OSError:  # file systems without hard links
+                shutil.copy2(src, dst)
+            self._parts[table].append({**p, "file": dst.name})
+
+    def staged_glob(self, table: str) -> str:
+        return str(self.path / table / "*.parquet")
+
+    def staged_parts(self, table: str) -> list[dict]:
+        return list(self._parts.get(table, []))
+
+    def manifest(self, source: str) -> dict:
+        tables = {
+            t: {"rows": sum(p["rows"] for p in parts), "parts": parts}
+            for t, parts in sorted(self._parts.items())
+        }
+        return {
+            "schema_version": schema.SCHEMA_VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "parent": self.parent.name if self.parent else None,
+            "source": source,
+            "tables": tables,
+        }
+
+
+class TableStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def _versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    @property
+    def _current_file(self) -> Path:
+        return self.root / "CURRENT"
+
+    def version_names(self) -> list[str]:
+        if not self._versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self._versions_dir.iterdir() if _VERSION_RE.match(p.name))
+
+    def current(self) -> StoreVersion | None:
+        try:
+            name = self._current_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return self.version(name)
+
+    def require_current(self) -> StoreVersion:
+        v = self.current()
+        if v is None:
+            raise StoreError(
+                f"the store at {self.root} is empty: run 'nba data ingest DIR' "
+                "(or 'nba data generate' first for a synthetic bank)"
+            )
+        return v
+
+    def version(self, name: str) -> StoreVersion:
+        path = self._versions_dir / name
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise StoreError(f"store version {name!r} does not exist under {self._versions_dir}") from None
+        if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+            raise StoreError(
+                f"store version {name} has schema version {manifest.get('schema_version')}, "
+                f"this code reads {schema.SCHEMA_VERSION}"
+            )
+        return StoreVersion(name, path, manifest)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "LOCK", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"the store at {self.root} is being written by another process") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def write(self, source: str) -> Iterator[VersionWriter]:
+        """Stage a new version; commit it if the block succeeds, discard it if it raises.
+
+        Only one writer at a time (a second gets ``StoreError``). Staging folders left by a killed
+        writer are removed here, under the lock.
+        """
+        with self._lock():
+            staging_root = self.root / "staging"
+            shutil.rmtree(staging_root, ignore_errors=True)
+            staging = staging_root / uuid.uuid4().hex
+            staging.mkdir(parents=True)
+            writer = VersionWriter(self, staging, self.current())
+            try:
+                yield writer
+                self._commit(writer, source)
+            finally:
+                shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _commit(self, writer: VersionWriter, source: str) -> StoreVersion:
+        manifest = writer.manifest(source)
+        mpath = writer.path / "manifest.json"
+        mpath.write_text(json.dumps(manifest, indent=1))
+        with open(mpath, "rb") as f:
+            os.fsync(f.fileno())
+        for t in manifest["tables"]:
+            _fsync_dir(writer.path / t)
+        _fsync_dir(writer.path)
+
+        self._versions_dir.mkdir(parents=True, exist_ok=True)
+        names = self.version_names()
+        number = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1
+        name = f"v{number:06d}"
+        final = self._versions_dir / name
+        os.rename(writer.path, final)
+        _fsync_dir(self._versions_dir)
+        self._switch(name)
+        self._gc(keep=KEEP_VERSIONS)
+        return self.version(name)
+
+    def _switch(self, name: str) -> None:
+        tmp = self.root / f".CURRENT.{uuid.uuid4().hex}"
+        tmp.write_text(name + "\n")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self._current_file)
+        _fsync_dir(self.root)
+
+    def rollback(self, name: str) -> StoreVersion:
+        """Make an earlier committed version live again."""
+        with self._lock():
+            v = self.version(name)
+            self._switch(name)
+            return v
+
+    def _gc(self, keep: int) -> None:
+        current = self._current_file.read_text().strip()
+        names = self.version_names()
+        for name in names[:-keep]:
+            if name != current:
+                shutil.rmtree(self._versions_dir / name, ignore_errors=True)

@@ -1,0 +1,174 @@
+"""The ``nba`` command line. Every command works inside one data folder, ``NBA_HOME``.
+
+Stages are imported inside their commands, so ``nba --help`` stays fast and nothing runs at import.
+Errors the project raises on purpose (``NBAError``) are printed without a traceback, exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from nba.errors import DataValidationError, NBAError
+from nba.home import Home
+
+app = typer.Typer(
+    help="Next-best-action engine for relationship banking.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Bank data: generate a synthetic bank, ingest a bank's own files.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    home: Home
+
+
+state = _State()
+
+
+@app.callback()
+def _main(
+    home: Annotated[Optional[Path], typer.Option(
+        "--home", help="Data folder (default: $NBA_HOME, else ./.nba).", show_default=False)] = None,
+) -> None:
+    state.home = Home.resolve(home)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True)
+
+
+def _parse_date(value: str | None, option: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param_hint=option) from None
+
+
+# -------------------------------------------------------------------------------------------------
+# nba data ...
+
+
+@data_app.command("generate")
+def data_generate(
+    customers: Annotated[int, typer.Option("--customers", "-n", min=1, help="Number of customers.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 42,
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="First day after the history, YYYY-MM-DD (default: today).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder (default: $NBA_HOME/synthetic).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Write a synthetic bank (every contract table as Parquet) plus the truth of the next 90 days."""
+    from nba.synthetic import generate
+
+    day = _parse_date(as_of, "--as-of") or date.today()
+    target = out_dir or state.home.ensure().synthetic
+    with _progress() as bar:
+        task = bar.add_task("generating customers", total=customers)
+        manifest = generate(customers, seed, day, target, workers=workers, overwrite=overwrite,
+                            on_progress=lambda done, total: bar.update(task, completed=done))
+    out.print(f"wrote a synthetic bank of {manifest['customers']:,} customers (seed {seed}, as of "
+              f"{manifest['as_of']}) to {target}; ground truth of the next {manifest['truth_days']} days in "
+              f"{target / '_truth'}")
+
+
+@data_app.command("ingest")
+def data_ingest(
+    src: Annotated[Path, typer.Argument(help="Folder with one file (.csv/.parquet) or folder per table.")],
+    mode: Annotated[str, typer.Option(
+        help="replace: tables given replace the stored ones; append: their rows are added.")] = "replace",
+) -> None:
+    """Validate a bank's files against the contract and commit them as a new store version."""
+    from feature_store.ingest import ingest
+    from feature_store.store import TableStore
+
+    if mode not in ("replace", "append"):
+        raise typer.BadParameter(f"{mode!r} is not one of replace, append", param_hint="--mode")
+    store = TableStore(state.home.ensure().store)
+    with err.status("ingesting") as status:
+        version = ingest(src, store, mode=mode, progress=lambda msg: status.update(f"ingesting {msg}"))
+    out.print(f"store version {version.name} is live ({version.manifest['source']})")
+    _print_version(version)
+
+
+@data_app.command("status")
+def data_status() -> None:
+    """Show the live store version, its tables and row counts, and the versions kept."""
+    from feature_store.store import TableStore
+
+    store = TableStore(state.home.store)
+    version = store.require_current()
+    out.print(f"NBA_HOME {state.home.root}; live store version {version.name}, "
+              f"created {version.manifest['created_at']}; kept: {', '.join(store.version_names())}")
+    _print_version(version)
+
+
+@data_app.command("rollback")
+def data_rollback(version: Annotated[str, typer.Argument(help="A kept version, e.g. v000002.")]) -> None:
+    """Make an earlier store version live again."""
+    from feature_store.store import TableStore
+
+    v = TableStore(state.home.store).rollback(version)
+    out.print(f"store version {v.name} is live again")
+
+
+def _print_version(version) -> None:
+    t = RichTable("table", "rows", "parts")
+    for name in version.tables:
+        t.add_row(name, f"{version.rows(name):,}", str(len(version.manifest['tables'][name]['parts'])))
+    out.print(t)
+
+
+# -------------------------------------------------------------------------------------------------
+# nba demo
+
+
+@app.command("demo")
+def demo(
+    customers: Annotated[int, typer.Option("--customers", "-n", min=1)] = 20_000,
+    seed: Annotated[int, typer.Option()] = 42,
+) -> None:
+    """Run the main job end to end on embedded defaults: generate a synthetic bank, ingest it."""
+    home = state.home.ensure()
+    out.rule("[bold]1. synthetic bank")
+    data_generate(customers=customers, seed=seed, as_of=None, out_dir=home.synthetic, workers=None,
+                  overwrite=True)
+    out.rule("[bold]2. ingest into the store")
+    data_ingest(src=home.synthetic, mode="replace")
+    out.print(f"[green]demo complete[/green]: everything lives in {home.root}")
+
+
+def main() -> None:
+    try:
+        app()
+    except DataValidationError as e:
+        err.print(f"[red]error:[/red] {len(e.problems) + e.truncated} problem(s); nothing was stored")
+        for p in sorted(e.problems, key=lambda p: (p.file, p.row or 0)):
+            err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
+        if e.truncated:
+            err.print(f"  ... and {e.truncated} more")
+        sys.exit(2)
+    except NBAError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
