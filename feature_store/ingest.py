@@ -174,7 +174,8 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
     try:
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(block_size=64 << 20, encoding="utf8"),
+            # single-threaded reading is what lets pyarrow report line numbers of malformed rows
+            read_options=pacsv.ReadOptions(block_size=64 << 20, encoding="utf8", use_threads=False),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
                 column_types={h: pa.string() for h in header}, strings_can_be_null=False,
@@ -298,9 +299,11 @@ def _parse_strings(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     elif target is DType.BOOL:
         out = pc.is_in(pc.utf8_lower(clean), pa.array(sorted(_TRUE)))
         out = pc.if_else(pc.is_valid(clean), out, pa.scalar(None, pa.bool_()))
-    else:  # DATE: the regex admits 2026-02-30; strptime finds those
+    else:  # DATE: strptime rolls 2026-02-30 over to March; a round trip finds such dates
         out = pc.cast(pc.strptime(clean, format="%Y-%m-%d", unit="s", error_is_null=True), pa.date32())
-        bad_mask = pc.or_(bad_mask, pc.and_(pc.is_valid(clean), pc.is_null(out)))
+        same = pc.equal(pc.strftime(out, format="%Y-%m-%d"), clean)
+        bad_mask = pc.or_(bad_mask, pc.and_(pc.is_valid(clean), pc.invert(pc.fill_null(same, False))))
+        out = pc.if_else(pc.fill_null(same, False), out, pa.scalar(None, pa.date32()))
     return out, np.flatnonzero(bad_mask.to_numpy(zero_copy_only=False))
 
 

@@ -517,7 +517,7 @@ def _chunk(seed: int, chunk: int, start: int, n: int, as_of: int, n_rm: int) -> 
     allowed = rng.random((n, 7)) < p_allow
     cc, cs = np.nonzero(has_rec)
     c_allowed = allowed[cc, cs]
-    c_at = (onboarded[cc] * _DAY_S + rng.integers(0, 3 * _DAY_S, len(cc))).astype(np.int64)
+    c_at = np.minimum(onboarded[cc] * _DAY_S + rng.integers(0, 3 * _DAY_S, len(cc)), A * _DAY_S - 2).astype(np.int64)
     # Some later changes of mind (mostly opt-outs), strictly after the first record.
     change = rng.random(len(cc)) < 0.06
     ch_at = c_at[change] + (rng.random(change.sum()) * (A * _DAY_S - 1 - c_at[change])).astype(np.int64) + 1
@@ -658,7 +658,8 @@ def _run_chunk(args: tuple) -> int:
 
 
 def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: int | None = None,
-             overwrite: bool = False, on_progress: Callable[[int, int], None] | None = None) -> dict:
+             overwrite: bool = False, chunk_size: int = CHUNK,
+             on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Write a synthetic bank of ``n_customers`` to ``out``; return its manifest.
 
     The folder is built beside ``out`` and renamed into place, so ``out`` never holds a partial bank.
@@ -678,8 +679,8 @@ def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: in
         for name, data in statics.items():
             _write(tmp, name, 0, data)
         A = day_number(as_of)
-        jobs = [(tmp, seed, c, s, min(CHUNK, n_customers - s), A, n_rm)
-                for c, s in enumerate(range(0, n_customers, CHUNK))]
+        jobs = [(tmp, seed, c, s, min(chunk_size, n_customers - s), A, n_rm)
+                for c, s in enumerate(range(0, n_customers, chunk_size))]
         workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         rows = 0
         done = 0
@@ -699,7 +700,7 @@ def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: in
         manifest = {
             "generator_version": GENERATOR_VERSION, "schema_version": schema.SCHEMA_VERSION,
             "customers": n_customers, "seed": seed, "as_of": as_of.isoformat(),
-            "history_days": HISTORY_DAYS, "truth_days": TRUTH_DAYS, "chunks": len(jobs),
+            "history_days": HISTORY_DAYS, "truth_days": TRUTH_DAYS, "chunk_size": chunk_size,
         }
         (tmp / "_manifest.json").write_text(json.dumps(manifest, indent=1))
         if out.exists():

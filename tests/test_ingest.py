@@ -1,0 +1,322 @@
+"""Safe ingest: every kind of bad input is named precisely and leaves the store exactly as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from feature_store.ingest import ingest
+from feature_store.store import TableStore
+from nba.errors import DataValidationError, StoreError
+
+NOW = datetime(2026, 6, 1, 12, 0, 0)
+
+
+def _csv(folder: Path, table: str) -> pd.DataFrame:
+    return pd.read_csv(folder / f"{table}.csv", dtype=str, keep_default_na=False)
+
+
+def _put(folder: Path, table: str, df: pd.DataFrame) -> None:
+    df.to_csv(folder / f"{table}.csv", index=False)
+
+
+def _snapshot(store: TableStore):
+    v = store.current()
+    return None if v is None else (v.name, v.content_hash)
+
+
+@pytest.fixture()
+def loaded(store, small_csv_bank):
+    """A store that already holds the small bank (so failures must leave it unchanged)."""
+    ingest(small_csv_bank, store, now=NOW)
+    return store
+
+
+def _reject(src: Path, store: TableStore, **kw) -> DataValidationError:
+    before = _snapshot(store)
+    with pytest.raises(DataValidationError) as info:
+        ingest(src, store, now=NOW, **kw)
+    assert _snapshot(store) == before, "a failed ingest must leave the store exactly as it was"
+    assert not (store.root / "staging").exists() or not any((store.root / "staging").iterdir())
+    return info.value
+
+
+def _one(err: DataValidationError, **where):
+    """The problem matching ``where`` (file suffix, row, column), failing with all problems shown."""
+    for p in err.problems:
+        if all((p.file.endswith(v) if k == "file" else getattr(p, k) == v) for k, v in where.items()):
+            return p
+    raise AssertionError(f"no problem with {where} in:\n{err}")
+
+
+def test_clean_csv_bank_ingests(store, small_csv_bank):
+    v = ingest(small_csv_bank, store, now=NOW)
+    assert v.name == "v000001" and store.current().name == "v000001"
+    assert v.rows("customers") == 300
+    customers = v.read("customers")
+    assert customers.schema.field("birth_date").type == pa.date32()
+    assert customers.schema.field("vulnerable").type == pa.bool_()
+
+
+def test_csv_and_parquet_of_the_same_bank_store_the_same_values(tmp_path, small_csv_bank):
+    a = TableStore(tmp_path / "a")
+    va = ingest(small_csv_bank, a, now=NOW)
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    for t in va.tables:
+        pq.write_table(va.read(t), pq_dir / f"{t}.parquet")
+    vb = ingest(pq_dir, TableStore(tmp_path / "b"), now=NOW)
+    for t in va.tables:
+        assert va.read(t).equals(vb.read(t)), t
+
+
+def test_missing_column(loaded, csv_bank):
+    _put(csv_bank, "customers", _csv(csv_bank, "customers").drop(columns=["risk_tolerance"]))
+    p = _one(_reject(csv_bank, loaded), file="customers.csv", column="risk_tolerance")
+    assert "missing column" in p.message and "integer in [1, 5]" in p.message
+
+
+def test_unexpected_column(loaded, csv_bank):
+    df = _csv(csv_bank, "customers")
+    df["segmnet"] = "mass"
+    _put(csv_bank, "customers", df)
+    p = _one(_reject(csv_bank, loaded), file="customers.csv", column="segmnet")
+    assert "unexpected column" in p.message
+
+
+def test_column_of_the_wrong_type_in_parquet(loaded, csv_bank, tmp_path):
+    df = _csv(csv_bank, "customers")
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    t = t.set_column(t.schema.get_field_index("birth_date"), "birth_date", pa.array([True] * len(df)))
+    pq.write_table(t, csv_bank / "customers.parquet")
+    (csv_bank / "customers.csv").unlink()
+    p = _one(_reject(csv_bank, loaded), file="customers.parquet", column="birth_date")
+    assert "type bool" in p.message and "date" in p.message
+
+
+@pytest.mark.parametrize("column,value,needle", [
+    ("birth_date", "1980-13-01", "cannot read '1980-13-01' as a date"),
+    ("birth_date", "1980-02-30", "cannot read '1980-02-30' as a date"),
+    ("risk_tolerance", "high", "cannot read 'high' as an integer"),
+    ("vulnerable", "maybe", "cannot read 'maybe' as true/false"),
+])
+def test_unparseable_value(loaded, csv_bank, column, value, needle):
+    df = _csv(csv_bank, "customers")
+    df.loc[6, column] = value
+    _put(csv_bank, "customers", df)
+    p = _one(_reject(csv_bank, loaded), file="customers.csv", column=column)
+    assert needle in p.message
+    assert (p.row, p.line) == (7, 8), "row 7 is the 7th data row, on line 8 after the header"
+
+
+@pytest.mark.parametrize("table,column,value,needle", [
+    ("customers", "risk_tolerance", "9", "9 is out of range (expected an integer in [1, 5])"),
+    ("interactions", "sentiment", "3", "3.0 is out of range"),
+    ("customers", "segment", "gold", "'gold' is not allowed"),
+    ("products", "eligible_segments", "mass|vip", "'mass|vip' is not allowed"),
+    ("customers", "segment", "", "missing value"),
+])
+def test_out_of_range_or_not_allowed(loaded, csv_bank, table, column, value, needle):
+    df = _csv(csv_bank, table)
+    df.loc[2, column] = value
+    _put(csv_bank, table, df)
+    p = _one(_reject(csv_bank, loaded), file=f"{table}.csv", column=column, row=3)
+    assert needle in p.message
+
+
+def test_timestamps_in_the_future(loaded, csv_bank):
+    df = _csv(csv_bank, "interactions")
+    df.loc[10, "ts"] = "2031-01-01T09:00:00"
+    _put(csv_bank, "interactions", df)
+    p = _one(_reject(csv_bank, loaded), file="interactions.csv", column="ts", row=11)
+    assert "lies in the future" in p.message
+
+
+def test_closed_before_opened(loaded, csv_bank):
+    df = _csv(csv_bank, "holdings")
+    df.loc[4, "opened_at"], df.loc[4, "closed_at"] = "2020-05-03", "2020-01-01"
+    _put(csv_bank, "holdings", df)
+    p = _one(_reject(csv_bank, loaded), file="holdings.csv", column="closed_at", row=5)
+    assert "closed_at 2020-01-01 is before opened_at 2020-05-03" in p.message
+
+
+def test_duplicate_key_within_a_file(loaded, csv_bank):
+    df = _csv(csv_bank, "customers")
+    df.loc[20, "customer_id"] = df.loc[3, "customer_id"]
+    _put(csv_bank, "customers", df)
+    err = _reject(csv_bank, loaded)
+    p = _one(err, file="customers.csv", row=21)
+    assert f"duplicate key customer_id='{df.loc[3, 'customer_id']}'" in p.message
+    assert "first at" in p.message and "row 4" in p.message
+
+
+def test_duplicate_key_across_files_of_one_table(loaded, csv_bank):
+    df = _csv(csv_bank, "interactions")
+    (csv_bank / "interactions.csv").unlink()
+    (csv_bank / "interactions").mkdir()
+    df.iloc[:100].to_csv(csv_bank / "interactions" / "a.csv", index=False)
+    df.iloc[99:].to_csv(csv_bank / "interactions" / "b.csv", index=False)  # row 100 twice
+    p = _one(_reject(csv_bank, loaded), file="b.csv", row=1)
+    assert "duplicate key interaction_id=" in p.message and "a.csv row 100" in p.message
+
+
+def test_unknown_foreign_key(loaded, csv_bank):
+    df = _csv(csv_bank, "holdings")
+    df.loc[8, "customer_id"] = "C-19"
+    _put(csv_bank, "holdings", df)
+    p = _one(_reject(csv_bank, loaded), file="holdings.csv", row=9, column="customer_id")
+    assert "unknown customers key 'C-19'" in p.message
+
+
+def test_replacing_a_parent_table_that_orphans_stored_rows(loaded, tmp_path, csv_bank):
+    only = tmp_path / "only"
+    only.mkdir()
+    _put(only, "customers", _csv(csv_bank, "customers").iloc[:10])
+    err = _reject(only, loaded)
+    p = next(p for p in err.problems if "unknown customers key" in p.message)
+    assert "already in store version v000001" in p.file
+
+
+def test_malformed_csv_row(loaded, csv_bank):
+    path = csv_bank / "relationship_managers.csv"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2] + ",extra"
+    path.write_text("\n".join(lines) + "\n")
+    p = _one(_reject(csv_bank, loaded), file="relationship_managers.csv", line=3)
+    assert "fields" in p.message
+
+
+def test_unknown_table_file_and_unsupported_file(loaded, csv_bank):
+    (csv_bank / "accounts.csv").write_text("a,b\n1,2\n")
+    (csv_bank / "notes.txt").write_text("hello")
+    err = _reject(csv_bank, loaded)
+    assert "unknown table 'accounts'" in _one(err, file="accounts.csv").message
+    assert "unsupported file" in _one(err, file="notes.txt").message
+
+
+def test_first_ingest_needs_every_table(store, csv_bank):
+    (csv_bank / "complaints.csv").unlink()
+    p = _one(_reject(csv_bank, store), column=None)
+    assert "no file for table 'complaints'" in p.message
+    assert store.current() is None
+
+
+def test_header_only_csv_makes_an_empty_table(store, csv_bank):
+    df = _csv(csv_bank, "action_outcomes").iloc[:0]
+    _put(csv_bank, "action_outcomes", df)
+    v = ingest(csv_bank, store, now=NOW)
+    assert v.rows("action_outcomes") == 0
+    assert v.read("action_outcomes").num_rows == 0
+
+
+def test_timezone_offsets_are_converted_to_utc(store, csv_bank):
+    df = _csv(csv_bank, "interactions")
+    df.loc[0, "ts"] = "2026-01-05T10:00:00+02:00"
+    _put(csv_bank, "interactions", df)
+    v = ingest(csv_bank, store, now=NOW)
+    ts = v.read("interactions").column("ts").to_pylist()[0]
+    assert ts == datetime(2026, 1, 5, 8, 0, 0)
+
+
+def test_partial_replace_carries_other_tables_over(loaded, tmp_path, csv_bank):
+    src = tmp_path / "rms"
+    src.mkdir()
+    df = _csv(csv_bank, "relationship_managers")
+    df["daily_capacity"] = "12"
+    _put(src, "relationship_managers", df)
+    v = ingest(src, loaded, now=NOW)
+    assert v.name == "v000002" and v.manifest["parent"] == "v000001"
+    assert set(v.read("relationship_managers").column("daily_capacity").to_pylist()) == {12}
+    assert v.read("customers").equals(loaded.version("v000001").read("customers"))
+
+
+def test_append_adds_rows_and_keeps_keys_unique(loaded, tmp_path, csv_bank):
+    inter = _csv(csv_bank, "interactions")
+    new = inter.iloc[:5].copy()
+    new["interaction_id"] = [f"NEW-{i}" for i in range(5)]
+    src = tmp_path / "new"
+    src.mkdir()
+    _put(src, "interactions", new)
+    v = ingest(src, loaded, mode="append", now=NOW)
+    assert v.rows("interactions") == len(inter) + 5
+
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    _put(dup, "interactions", inter.iloc[:1])
+    p = _reject(dup, loaded, mode="append").problems[0]
+    assert "duplicate key" in p.message and "already in store version v000002" in p.message
+
+
+def test_many_problems_are_capped_and_counted(loaded, csv_bank):
+    df = _csv(csv_bank, "interactions")
+    df["sentiment"] = "7"
+    _put(csv_bank, "interactions", df)
+    err = _reject(csv_bank, loaded)
+    assert len(err.problems) <= 50 and err.truncated > 0
+    assert f"{len(err.problems) + err.truncated} problem(s)" in str(err)
+
+
+def test_one_writer_at_a_time(loaded, csv_bank):
+    import fcntl
+
+    with open(loaded.root / "LOCK", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(StoreError, match="being written by another process"):
+            ingest(csv_bank, loaded, now=NOW)
+
+
+def test_rollback_makes_an_older_version_live(loaded, csv_bank):
+    df = _csv(csv_bank, "relationship_managers")
+    df["branch"] = "HQ"
+    _put(csv_bank, "relationship_managers", df)
+    ingest(csv_bank, loaded, now=NOW)
+    assert loaded.current().name == "v000002"
+    loaded.rollback("v000001")
+    assert loaded.current().name == "v000001"
+    with pytest.raises(StoreError, match="does not exist"):
+        loaded.rollback("v000099")
+
+
+_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import datetime
+    from pathlib import Path
+    from feature_store import store as store_mod
+    from feature_store.ingest import ingest
+    src, root, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if where == "switch":      # after the new version is renamed into place, before CURRENT moves
+        store_mod.TableStore._switch = die
+    def progress(msg):
+        if where == "midway" and msg.startswith("interactions"):
+            die()
+    ingest(src, store_mod.TableStore(root), now=datetime(2026, 6, 1, 12), progress=progress)
+""")
+
+
+@pytest.mark.parametrize("where", ["midway", "switch"])
+def test_killed_ingest_leaves_the_previous_version(loaded, csv_bank, where):
+    before = _snapshot(loaded)
+    df = _csv(csv_bank, "relationship_managers")
+    df["branch"] = "KILLED"
+    _put(csv_bank, "relationship_managers", df)
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(csv_bank), str(loaded.root), where])
+    assert proc.returncode == -signal.SIGKILL
+    assert _snapshot(loaded) == before
+    assert "KILLED" not in loaded.current().read("relationship_managers").column("branch").to_pylist()
+    # The next ingest cleans up after the killed one and commits normally.
+    v = ingest(csv_bank, loaded, now=NOW)
+    assert set(v.read("relationship_managers").column("branch").to_pylist()) == {"KILLED"}
+    assert not any((loaded.root / "staging").glob("*"))
