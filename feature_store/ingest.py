@@ -43,6 +43,7 @@ SUFFIXES = (".csv", ".parquet")
 MAX_PROBLEMS = 50
 MAX_PER_CHECK = 5  # problems shown per (file, column, kind of check) before summarising
 BATCH_ROWS = 500_000
+DUCKDB_MEMORY = "2GB"  # key checks spill to disk beyond this
 
 Mode = Literal["replace", "append"]
 
@@ -428,12 +429,19 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
     glob = writer.staged_glob(tbl.name)
     src = f"read_parquet('{glob}', filename=true, file_row_number=true)"
     keys = ", ".join(f'"{k}"' for k in tbl.primary_key)
-    dupes = con.execute(
-        f"""SELECT {keys}, list(filename ORDER BY filename, file_row_number),
-                   list(file_row_number ORDER BY filename, file_row_number), count(*) AS n
-            FROM {src} GROUP BY ALL HAVING count(*) > 1 LIMIT {MAX_PER_CHECK + 1}""").fetchall()
-    n_dupes = con.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM {src} GROUP BY {keys} HAVING count(*) > 1)").fetchone()[0]
+    # Find duplicate keys first (cheap aggregate), then locate only those rows.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE dupes AS SELECT {keys}, count(*) AS n FROM {src} "
+                f"GROUP BY ALL HAVING count(*) > 1")
+    n_dupes = con.execute("SELECT count(*) FROM dupes").fetchone()[0]
+    dupes = []
+    if n_dupes:
+        on = " AND ".join(f's."{k}" = d."{k}"' for k in tbl.primary_key)
+        dupes = con.execute(
+            f"""WITH d AS (SELECT * FROM dupes ORDER BY ALL LIMIT {MAX_PER_CHECK + 1})
+                SELECT {", ".join(f'd."{k}"' for k in tbl.primary_key)},
+                       list(s.filename ORDER BY s.filename, s.file_row_number),
+                       list(s.file_row_number ORDER BY s.filename, s.file_row_number), any_value(d.n)
+                FROM {src} s JOIN d ON {on} GROUP BY ALL ORDER BY ALL""").fetchall()
     for rec in dupes:
         key = dict(zip(tbl.primary_key, rec[: len(tbl.primary_key)]))
         files, rows, n = rec[len(tbl.primary_key)], rec[len(tbl.primary_key) + 1], rec[-1]
@@ -522,8 +530,9 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
 
         if progress:
             progress("checking keys")
-        con = duckdb.connect()
-        con.execute("SET threads TO 2")
+        con = duckdb.connect(config={
+            "threads": 2, "memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False,
+            "temp_directory": str(writer.path / ".duckdb-spill")})
         try:
             for tbl in schema.TABLES.values():
                 _check_keys(con, writer, tbl, origins, report)

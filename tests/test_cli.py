@@ -1,0 +1,87 @@
+"""The `nba` command as a person runs it: real subprocesses, real exit codes, NBA_HOME respected."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+NBA = [sys.executable, "-m", "nba.cli"]
+
+
+def run(args, home: Path, cwd: Path | None = None):
+    env = {**os.environ, "NBA_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(NBA + args, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_help_lists_the_stages(tmp_path):
+    r = run(["--help"], tmp_path / "h")
+    assert r.returncode == 0
+    for stage in ("data", "demo"):
+        assert stage in r.stdout
+    r = run(["data", "--help"], tmp_path / "h")
+    for cmd in ("generate", "ingest", "status", "rollback"):
+        assert cmd in r.stdout
+
+
+def test_generate_then_ingest_then_status(tmp_path):
+    home = tmp_path / "home"
+    r = run(["data", "generate", "-n", "400", "--seed", "3", "--as-of", "2026-05-01"], home)
+    assert r.returncode == 0, r.stderr
+    assert (home / "synthetic" / "customers").is_dir() and (home / "synthetic" / "_truth").is_dir()
+    r = run(["data", "ingest", str(home / "synthetic")], home)
+    assert r.returncode == 0, r.stderr
+    assert "v000001 is live" in r.stdout
+    r = run(["data", "status"], home)
+    assert r.returncode == 0 and "customers" in r.stdout and "400" in r.stdout
+    assert sorted(p.name for p in home.iterdir()) == ["store", "synthetic"], "nothing outside NBA_HOME"
+
+
+def test_home_option_overrides_the_environment(tmp_path):
+    other = tmp_path / "other"
+    r = run(["--home", str(other), "data", "generate", "-n", "50", "--as-of", "2026-05-01"], tmp_path / "env")
+    assert r.returncode == 0, r.stderr
+    assert (other / "synthetic" / "customers").is_dir()
+    assert not (tmp_path / "env").exists()
+
+
+def test_bad_input_exits_non_zero_with_file_row_and_column(tmp_path, small_csv_bank):
+    home = tmp_path / "home"
+    assert run(["data", "ingest", str(small_csv_bank)], home).returncode == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    df = pd.read_csv(small_csv_bank / "customers.csv", dtype=str, keep_default_na=False)
+    df.loc[2, "risk_tolerance"] = "9"
+    df.to_csv(bad / "customers.csv", index=False)
+    r = run(["data", "ingest", str(bad)], home)
+    assert r.returncode == 2
+    assert "customers.csv, row 3 (line 4), column 'risk_tolerance': 9 is out of range" in r.stderr
+    assert "nothing was stored" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "v000001" in run(["data", "status"], home).stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["data", "generate", "--as-of", "2026-13-01"], "not a date"),
+    (["data", "generate", "-n", "0"], "greater than or equal to 1"),
+    (["data", "ingest", "/nonexistent/dir"], "not a folder"),
+    (["data", "ingest", ".", "--mode", "merge"], "replace, append"),
+    (["data", "status"], "store"),
+])
+def test_bad_arguments_are_named(tmp_path, args, needle):
+    r = run(args, tmp_path / "h")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in r.stderr
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path):
+    home = tmp_path / "home"
+    r = run(["demo", "-n", "1500"], home)
+    assert r.returncode == 0, r.stderr
+    assert "demo complete" in r.stdout
+    r = run(["data", "status"], home)
+    assert "1,500" in r.stdout
