@@ -26,6 +26,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Bank data: generate a synthetic bank, ingest a bank's own files.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="Feature store: point-in-time features, customer state, online store.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 out = Console()
 err = Console(stderr=True)
@@ -137,6 +140,77 @@ def _print_version(version) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# nba features ...
+
+
+def _state_config(path: Path | None):
+    from nba.config import load_yaml
+    from nba.state import StateConfig
+
+    return load_yaml(StateConfig, path, section="state")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="YYYY-MM-DD (default: the day after the store's latest event).")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="YAML with a 'state:' section (default: configs/features.yaml if present).")] = None,
+    online: Annotated[Optional[str], typer.Option(
+        "--online", help="Online store URL (default: $NBA_ONLINE_STORE, else SQLite in NBA_HOME).")] = None,
+) -> None:
+    """Compute features and customer state at as_of, write them (Parquet) and fill the online store."""
+    from feature_store.materialize import materialize
+
+    home = state.home.ensure()
+    with err.status("materializing") as status:
+        result = materialize(home, _parse_date(as_of, "--as-of"), online_url=online,
+                             state=_state_config(config), progress=lambda m: status.update(m))
+    out.print(f"features at {result.as_of} for {result.rows:,} customers from store {result.store_version}: "
+              f"{result.path}; online version {result.online_version} is live "
+              f"({', '.join(f'{k} {v}' for k, v in result.seconds.items())})")
+
+
+@features_app.command("get")
+def features_get(
+    customer_id: Annotated[str, typer.Argument(help="The customer's id.")],
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="Read the offline features of this date instead of the live online store.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    online: Annotated[Optional[str], typer.Option("--online", help="Online store URL.")] = None,
+) -> None:
+    """Print one customer's features and state (online store, or offline with --as-of)."""
+    import json
+
+    from feature_store.materialize import decode, get_online, read_features
+    from nba.errors import StoreError
+
+    day = _parse_date(as_of, "--as-of")
+    if day is None:
+        doc = get_online(state.home, customer_id, online)
+    else:
+        rows = read_features(state.home, day, [customer_id])
+        doc = None if rows.empty else json.loads(rows.iloc[:1].to_json(orient="records", date_format="iso"))[0]
+    if doc is None:
+        where = f"the features at {day}" if day else "the live online store"
+        raise StoreError(f"unknown customer_id {customer_id!r} (not in {where})")
+    doc = decode(doc)
+    if isinstance(doc.get("as_of"), str):
+        doc["as_of"] = doc["as_of"][:10]
+    if as_json:
+        print(json.dumps(doc, indent=1, default=str))
+        return
+    t = RichTable("feature", "value", title=f"{customer_id} as of {doc['as_of']}")
+    for k in ("lifecycle_stage", "health_score", "complaint_state", "emotional_state"):
+        t.add_row(f"[bold]{k}", str(doc[k]))
+    for k, v in doc.items():
+        if k not in ("lifecycle_stage", "health_score", "complaint_state", "emotional_state", "state_evidence"):
+            t.add_row(k, "" if v is None else str(v))
+    out.print(t)
+    out.print_json(data=doc["state_evidence"])
+
+
+# -------------------------------------------------------------------------------------------------
 # nba demo
 
 
@@ -145,14 +219,31 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", "-n", min=1)] = 20_000,
     seed: Annotated[int, typer.Option()] = 42,
 ) -> None:
-    """Run the main job end to end on embedded defaults: generate a synthetic bank, ingest it."""
+    """Run the main job end to end on embedded defaults: generate a bank, ingest it, materialize features."""
     home = state.home.ensure()
     out.rule("[bold]1. synthetic bank")
     data_generate(customers=customers, seed=seed, as_of=None, out_dir=home.synthetic, workers=None,
                   overwrite=True)
     out.rule("[bold]2. ingest into the store")
     data_ingest(src=home.synthetic, mode="replace")
+    out.rule("[bold]3. features, customer state, online store")
+    features_materialize(as_of=None, config=None, online=None)
+    _show_states(home)
     out.print(f"[green]demo complete[/green]: everything lives in {home.root}")
+
+
+def _show_states(home: Home) -> None:
+    from feature_store.materialize import available_as_of, read_features
+
+    df = read_features(home, available_as_of(home)[-1])
+    t = RichTable("state", "value", "customers", "share", title="customer state")
+    for col in ("lifecycle_stage", "complaint_state", "emotional_state"):
+        counts = df[col].value_counts()
+        for value, n in counts.items():
+            t.add_row(col, str(value), f"{n:,}", f"{n / len(df):.1%}")
+    out.print(t)
+    out.print(f"health score: median {df.health_score.median():.1f}, "
+              f"{(df.health_score < 50).mean():.1%} of clients below 50")
 
 
 def main() -> None:

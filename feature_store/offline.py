@@ -1,0 +1,311 @@
+"""Offline, point-in-time customer features with DuckDB over the store's Parquet.
+
+``compute_features(version, as_of)`` returns one row per customer onboarded before ``as_of`` with every
+column of ``nba.features.FEATURES`` and the customer state of ``nba.state``. Nothing dated on or after
+``as_of`` can reach a feature: each source is filtered at its own timestamp before it is aggregated.
+The test suite plants future events and checks that the features do not move.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from nba import features as F
+from nba import schema
+from nba.state import StateConfig, identify
+
+from .store import StoreVersion
+
+DUCKDB_MEMORY = "4GB"
+
+
+def connect(version: StoreVersion, memory_limit: str = DUCKDB_MEMORY) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per contract table of ``version``."""
+    con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit,
+                                 "preserve_insertion_order": False})
+    for t in schema.TABLES:
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{version.table_glob(t)}')")
+    return con
+
+
+def _sql(d: date) -> dict[str, str]:
+    """One query per feature group, each keyed by customer_id, all filtered before ``d``."""
+    D = f"DATE '{d.isoformat()}'"
+    T = f"TIMESTAMP '{d.isoformat()} 00:00:00'"
+
+    def days_since(expr: str) -> str:
+        return f"date_diff('day', CAST({expr} AS DATE), {D})"
+
+    cats = schema.PRODUCT_CATEGORIES
+    assets = ", ".join(f"'{c}'" for c in F.ASSET_CATEGORIES)
+    liabilities = ", ".join(f"'{c}'" for c in F.LIABILITY_CATEGORIES)
+
+    def trend(now: str, then: str) -> str:
+        return f"coalesce(({now} - {then}) / greatest(abs({then}), 100.0), 0)"
+
+    q: dict[str, str] = {}
+    q["base"] = f"""
+        SELECT customer_id, {D} AS as_of, rm_id,
+               date_diff('day', birth_date, {D}) / 365.25 AS age,
+               date_diff('day', onboarded_at, {D}) AS tenure_days,
+               segment, income_band,
+               CASE income_band {" ".join(f"WHEN '{b}' THEN {i}" for i, b in enumerate(schema.INCOME_BANDS))}
+               END AS income_band_ord,
+               risk_tolerance,
+               CASE WHEN risk_assessed_at < {D} THEN date_diff('day', risk_assessed_at, {D}) END
+                   AS risk_assessment_age_days,
+               vulnerable,
+               -- next birthday / anniversary on or after as_of (29 Feb counts as 28 Feb)
+               date_diff('day', {D}, CASE WHEN bd >= {D} THEN bd ELSE bd + INTERVAL 1 YEAR END)
+                   AS days_to_birthday,
+               date_diff('day', {D}, CASE WHEN an >= {D} THEN an ELSE an + INTERVAL 1 YEAR END)
+                   AS days_to_onboarding_anniversary
+        FROM (SELECT *,
+                make_date(year({D}), month(birth_date),
+                          CASE WHEN month(birth_date) = 2 AND day(birth_date) = 29 THEN 28 ELSE day(birth_date) END) AS bd,
+                make_date(year({D}), month(onboarded_at),
+                          CASE WHEN month(onboarded_at) = 2 AND day(onboarded_at) = 29 THEN 28 ELSE day(onboarded_at) END) AS an
+              FROM customers WHERE onboarded_at < {D})"""
+
+    held = f"(h.closed_at IS NULL OR h.closed_at >= {D})"
+    q["products"] = f"""
+        SELECT h.customer_id,
+               count(DISTINCT h.product_id) FILTER (WHERE {held}) AS n_products,
+               {", ".join(f"count(DISTINCT h.product_id) FILTER (WHERE {held} AND p.category = '{c}') AS n_products_{c}" for c in cats)},
+               string_agg(DISTINCT h.product_id, '|' ORDER BY h.product_id) FILTER (WHERE {held}) AS held_products,
+               count(*) FILTER (WHERE h.opened_at >= {D} - INTERVAL 180 DAY AND h.opened_at > c.onboarded_at)
+                   AS products_opened_180d,
+               count(*) FILTER (WHERE h.closed_at >= {D} - INTERVAL 90 DAY AND h.closed_at < {D})
+                   AS products_closed_90d,
+               min(h.maturity_date) FILTER (WHERE {held} AND p.category = 'term_deposit' AND h.maturity_date >= {D})
+                   AS next_td_maturity
+        FROM holdings h JOIN products p USING (product_id) JOIN customers c USING (customer_id)
+        WHERE h.opened_at < {D}
+        GROUP BY h.customer_id"""
+
+    # Balance of a (customer, product) at t: balances of its holdings opened before t, minus the
+    # movements at or after t. Movements before D are the only ones that can leak nothing: those at or
+    # after D are subtracted, never counted.
+    def at(offset: int) -> str:
+        return f"{D} - INTERVAL {offset} DAY" if offset else D
+
+    def ts_at(offset: int) -> str:
+        return f"{T} - INTERVAL {offset} DAY" if offset else T
+
+    q["balances"] = f"""
+        WITH pair AS (
+            SELECT h.customer_id, h.product_id, any_value(p.category) AS category,
+                   {", ".join(f"sum(h.balance) FILTER (WHERE h.opened_at < {at(o)}) AS b{o}, bool_or(h.opened_at < {at(o)}) AS ex{o}" for o in (0, 30, 90))}
+            FROM holdings h JOIN products p USING (product_id)
+            WHERE h.opened_at < {D}
+            GROUP BY ALL),
+        moved AS (
+            SELECT customer_id, product_id,
+                   {", ".join(f"sum(amount) FILTER (WHERE ts >= {ts_at(o)}) AS m{o}" for o in (0, 30, 90))}
+            FROM transactions WHERE ts >= {ts_at(90)}
+            GROUP BY ALL),
+        bal AS (
+            SELECT customer_id, category,
+                   {", ".join(f"CASE WHEN ex{o} THEN b{o} - coalesce(m{o}, 0) ELSE 0 END AS bal{o}" for o in (0, 30, 90))}
+            FROM pair LEFT JOIN moved USING (customer_id, product_id)),
+        agg AS (
+            SELECT customer_id,
+                   {", ".join(f"coalesce(sum(bal{o}) FILTER (WHERE category = '{c}'), 0) AS {c}_{o}" for c in cats for o in (0, 30, 90))},
+                   {", ".join(f"coalesce(sum(bal{o}) FILTER (WHERE category IN ({assets})), 0) AS assets_{o}" for o in (0, 30, 90))},
+                   coalesce(-sum(bal0) FILTER (WHERE category IN ({liabilities})), 0) AS total_liabilities
+            FROM bal GROUP BY customer_id)
+        SELECT customer_id,
+               {", ".join(f"{c}_0 AS balance_{c}" for c in cats)},
+               {", ".join(f"{trend(f'{c}_0', f'{c}_{w}')} AS balance_{c}_trend_{w}d" for c in cats for w in (30, 90))},
+               assets_0 AS total_assets, total_liabilities,
+               {trend('assets_0', 'assets_30')} AS total_assets_trend_30d,
+               {trend('assets_0', 'assets_90')} AS total_assets_trend_90d
+        FROM agg"""
+
+    q["transactions"] = f"""
+        SELECT customer_id,
+               count(*) FILTER (WHERE ts >= {T} - INTERVAL 30 DAY) AS txn_30d,
+               count(*) FILTER (WHERE ts >= {T} - INTERVAL 90 DAY) AS txn_90d,
+               {days_since('max(ts)')} AS days_since_last_txn,
+               coalesce(sum(amount) FILTER (WHERE amount > 0 AND ts >= {T} - INTERVAL 90 DAY), 0) AS inflow_90d,
+               coalesce(-sum(amount) FILTER (WHERE amount < 0 AND ts >= {T} - INTERVAL 90 DAY), 0) AS outflow_90d
+        FROM transactions WHERE ts < {T}
+        GROUP BY customer_id"""
+
+    last90 = f"ts >= {T} - INTERVAL 90 DAY"
+    q["interactions"] = f"""
+        SELECT customer_id,
+               {", ".join(f"count(*) FILTER (WHERE channel = '{ch}' AND {last90}) AS interactions_90d_{ch}" for ch in schema.CHANNELS)},
+               {", ".join(f"{days_since(f'max(ts) FILTER (WHERE channel = ' + repr(ch) + ')')} AS days_since_{ch}" for ch in schema.CHANNELS)},
+               count(*) FILTER (WHERE direction = 'inbound' AND {last90}) AS inbound_90d,
+               count(*) FILTER (WHERE direction = 'outbound' AND {last90}) AS outbound_90d,
+               count(*) FILTER (WHERE direction = 'outbound' AND ts >= {T} - INTERVAL 30 DAY) AS outbound_30d,
+               {days_since("max(ts) FILTER (WHERE direction = 'outbound')")} AS days_since_last_outbound,
+               {days_since('max(ts)')} AS days_since_last_contact,
+               count(*) FILTER (WHERE outcome = 'escalated' AND ts >= {T} - INTERVAL 30 DAY) AS escalations_30d
+        FROM interactions WHERE ts < {T}
+        GROUP BY customer_id"""
+
+    q["sentiment"] = f"""
+        WITH rated AS (
+            SELECT customer_id, sentiment,
+                   row_number() OVER (PARTITION BY customer_id ORDER BY ts DESC, interaction_id DESC) AS rn
+            FROM interactions
+            WHERE ts < {T} AND ts >= {T} - INTERVAL 730 DAY AND sentiment IS NOT NULL
+            QUALIFY rn <= 10)
+        SELECT customer_id,
+               avg(sentiment) FILTER (WHERE rn <= 5) AS sentiment_last5,
+               avg(sentiment) FILTER (WHERE rn > 5) AS sentiment_prev5,
+               min(sentiment) FILTER (WHERE rn <= 5) AS sentiment_min_last5,
+               count(*) FILTER (WHERE rn <= 5) AS rated_contacts
+        FROM rated GROUP BY customer_id"""
+
+    is_open = f"(resolved_at IS NULL OR resolved_at >= {T})"
+    q["complaints"] = f"""
+        SELECT customer_id,
+               count(*) FILTER (WHERE {is_open}) AS open_complaints,
+               coalesce(max(CASE severity WHEN 'low' THEN 1 WHEN 'medium' THEN 2 WHEN 'high' THEN 3 END)
+                        FILTER (WHERE {is_open}), 0) AS open_complaint_max_severity,
+               {days_since(f"max(resolved_at) FILTER (WHERE resolved_at < {T})")} AS days_since_resolved_complaint,
+               count(*) FILTER (WHERE opened_at >= {T} - INTERVAL 365 DAY) AS complaints_365d
+        FROM complaints WHERE opened_at < {T}
+        GROUP BY customer_id"""
+
+    q["consents"] = f"""
+        WITH latest AS (
+            SELECT customer_id, channel, allowed FROM consents WHERE updated_at < {T}
+            QUALIFY row_number() OVER (PARTITION BY customer_id, channel ORDER BY updated_at DESC) = 1)
+        SELECT customer_id,
+               {", ".join(f"coalesce(bool_or(allowed) FILTER (WHERE channel = '{s}'), false) AS consent_{s}" for s in schema.CONSENT_SCOPES)}
+        FROM latest GROUP BY customer_id"""
+
+    declined = f"outcome = 'declined' AND outcome_at < {T} AND outcome_at >= {T} - INTERVAL 90 DAY"
+    q["actions"] = f"""
+        WITH last_decline AS (
+            SELECT customer_id, action_id, {days_since('max(outcome_at)')} AS ago
+            FROM action_outcomes WHERE {declined} GROUP BY ALL)
+        SELECT a.customer_id,
+               {", ".join(f"count(*) FILTER (WHERE {declined} AND action_family = '{f}') AS declines_90d_{f}" for f in schema.ACTION_FAMILIES)},
+               count(DISTINCT decision_id) FILTER (WHERE decided_at >= {T} - INTERVAL 30 DAY) AS actions_30d,
+               {days_since('max(decided_at)')} AS days_since_last_action,
+               any_value(d.declined) AS declined_actions_90d
+        FROM action_outcomes a
+        LEFT JOIN (SELECT customer_id, string_agg(action_id || '=' || ago, '|' ORDER BY action_id) AS declined
+                   FROM last_decline GROUP BY customer_id) d USING (customer_id)
+        WHERE a.decided_at < {T}
+        GROUP BY a.customer_id"""
+    return q
+
+
+_INT_ZERO = [n for n, (t, _) in F.FEATURES.items()
+             if t == "int" and (n.startswith(("n_products", "txn_", "interactions_90d_", "declines_90d_"))
+                                or n in ("products_opened_180d", "products_closed_90d", "inbound_90d",
+                                         "outbound_90d", "outbound_30d", "escalations_30d", "open_complaints",
+                                         "open_complaint_max_severity", "complaints_365d", "rated_contacts",
+                                         "actions_30d"))]
+_FLOAT_ZERO = [n for n, (t, _) in F.FEATURES.items()
+               if t == "float" and (n.startswith("balance_") or n.startswith("total_") or n.endswith("flow_90d"))]
+
+
+def compute_features(version: StoreVersion, as_of: date, state: StateConfig | None = None) -> pd.DataFrame:
+    """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order."""
+    con = connect(version)
+    try:
+        parts = {name: con.execute(sql).df() for name, sql in _sql(as_of).items()}
+    finally:
+        con.close()
+    df = parts.pop("base")
+    for name, part in parts.items():
+        df = df.merge(part, on="customer_id", how="left", copy=False)
+
+    df[_INT_ZERO] = df[_INT_ZERO].fillna(0)
+    df[_FLOAT_ZERO] = df[_FLOAT_ZERO].fillna(0.0)
+    df["held_products"] = df["held_products"].fillna("")
+    df["declined_actions_90d"] = df["declined_actions_90d"].fillna("")
+    for s in schema.CONSENT_SCOPES:
+        df[f"consent_{s}"] = df[f"consent_{s}"].fillna(False).astype(bool)
+    df["sentiment_trend"] = df["sentiment_last5"] - df["sentiment_prev5"]
+    window = F.CARE_WINDOW_DAYS
+    df["birthday_in_14d"] = df["days_to_birthday"] < window
+    df["anniversary_in_14d"] = df["days_to_onboarding_anniversary"] < window
+    df["days_to_td_maturity"] = (pd.to_datetime(df.pop("next_td_maturity")) - pd.Timestamp(as_of)).dt.days
+    df["td_maturity_in_14d"] = df["days_to_td_maturity"].lt(window).fillna(False).astype(bool)
+    df = _typed(df)
+    df = identify(df, state or StateConfig())
+    return df[list(F.COLUMNS)].sort_values("customer_id", ignore_index=True)
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Contract dtypes: nullable integers, floats, booleans, strings, dates."""
+    for name, (t, _) in F.FEATURES.items():
+        if name not in df:
+            continue
+        if t == "int":
+            df[name] = df[name].astype("Int64")
+        elif t == "float":
+            df[name] = df[name].astype("float64")
+        elif t == "bool":
+            df[name] = df[name].astype(bool)
+        elif t == "str":
+            df[name] = df[name].astype(object)
+        elif t == "date":
+            df[name] = pd.to_datetime(df[name]).dt.date
+    return df
+
+
+def label_frame(version: StoreVersion, as_of: date, window_days: int) -> pd.DataFrame:
+    """Labels of the window ``[as_of, as_of + window_days)``: products opened and churn.
+
+    Churn: the customer held at least one product at ``as_of`` and none at the end of the window.
+    """
+    D = f"DATE '{as_of.isoformat()}'"
+    E = f"DATE '{(as_of + timedelta(days=window_days)).isoformat()}'"
+    con = connect(version)
+    try:
+        return con.execute(f"""
+            WITH held_at AS (
+                SELECT customer_id,
+                       bool_or(opened_at < {D} AND (closed_at IS NULL OR closed_at >= {D})) AS held_start,
+                       bool_or(opened_at < {E} AND (closed_at IS NULL OR closed_at >= {E})) AS held_end
+                FROM holdings GROUP BY customer_id),
+            opened AS (
+                SELECT customer_id, string_agg(DISTINCT product_id, '|' ORDER BY product_id) AS products,
+                       count(DISTINCT product_id) AS n
+                FROM holdings WHERE opened_at >= {D} AND opened_at < {E} GROUP BY customer_id)
+            SELECT c.customer_id,
+                   coalesce(o.products, '') AS {F.LABEL_OPENED},
+                   coalesce(o.n, 0) AS {F.LABEL_N_OPENED},
+                   coalesce(h.held_start AND NOT h.held_end, false) AS {F.LABEL_CHURN}
+            FROM customers c LEFT JOIN held_at h USING (customer_id) LEFT JOIN opened o USING (customer_id)
+            WHERE c.onboarded_at < {D}""").df()
+    finally:
+        con.close()
+
+
+def data_end(version: StoreVersion) -> date:
+    """The first day after the latest event in the store (the extraction's horizon)."""
+    con = connect(version)
+    try:
+        latest = con.execute("""
+            SELECT greatest(
+                (SELECT max(ts) FROM interactions)::DATE, (SELECT max(ts) FROM transactions)::DATE,
+                (SELECT max(opened_at) FROM holdings), (SELECT max(closed_at) FROM holdings),
+                (SELECT max(outcome_at) FROM action_outcomes)::DATE)""").fetchone()[0]
+    finally:
+        con.close()
+    return (latest or date.min) + timedelta(days=1)
+
+
+def as_numpy_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns as float (NaN for null), for model code that wants plain arrays."""
+    out = df.copy()
+    for c in out.columns:
+        if str(out[c].dtype) == "Int64":
+            out[c] = out[c].astype("float64")
+    return out
+
+
