@@ -194,7 +194,7 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
 # Conversion of one column to its contract type
 
 
-_INT_RE = r"^[+-]?\d+$"
+_INT_RE = r"^[+-]?\d+(\.0*)?$"  # "6.0" is an integer (pandas writes nullable ints so); "6.5" is not
 _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 _TRUE = {"true", "t", "yes", "y", "1"}
@@ -288,6 +288,7 @@ def _parse_strings(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     bad_mask = pc.and_(present, pc.invert(ok))
     clean = pc.if_else(ok, s, pa.scalar(None, pa.string()))
     if target is DType.INT:
+        clean = pc.replace_substring_regex(clean, r"\.0*$", "")
         try:
             out = pc.cast(clean, pa.int64())
         except pa.ArrowInvalid:  # overflow

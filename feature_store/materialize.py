@@ -74,13 +74,18 @@ def _round(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def documents(df: pd.DataFrame, chunk: int = 50_000):
-    """Yield batches of ``(customer_id, JSON bytes)`` for the online store (pandas' C JSON writer)."""
+    """Yield batches of ``(customer_id, JSON array of the row's values)`` for the online store."""
     out = df.copy(deep=False)
     out["as_of"] = out["as_of"].astype(str)
+    for c in out.columns:
+        if str(out[c].dtype) == "Int64":  # pd.NA -> None, so JSON gets null
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    ids = out["customer_id"].tolist()
+    values = out.to_numpy(dtype=object)
     for start in range(0, len(out), chunk):
-        part = out.iloc[start:start + chunk]
-        lines = part.to_json(orient="records", lines=True, double_precision=10).splitlines()
-        yield list(zip(part["customer_id"].tolist(), (line.encode() for line in lines)))
+        rows = values[start:start + chunk].tolist()
+        yield [(cid, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY))
+               for cid, r in zip(ids[start:start + chunk], rows)]
 
 
 def materialize(home: Home, as_of: date | None = None, *, online_url: str | None = None,
@@ -123,7 +128,7 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     store = online_store(home, online_url)
     say(f"publishing {len(df):,} customers to the online store ({store.url})")
     try:
-        store.publish(online_version, documents(df))
+        store.publish(online_version, list(df.columns), documents(df))
     finally:
         store.close()
     timings["online_publish_s"] = round(time.perf_counter() - t0, 2)

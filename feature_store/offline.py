@@ -220,7 +220,7 @@ def compute_features(version: StoreVersion, as_of: date, state: StateConfig | No
         con.close()
     df = parts.pop("base")
     for name, part in parts.items():
-        df = df.merge(part, on="customer_id", how="left", copy=False)
+        df = df.merge(part, on="customer_id", how="left")
 
     df[_INT_ZERO] = df[_INT_ZERO].fillna(0)
     df[_FLOAT_ZERO] = df[_FLOAT_ZERO].fillna(0.0)

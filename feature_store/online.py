@@ -36,28 +36,32 @@ Row = tuple[str, bytes]  # (customer_id, JSON document)
 
 
 class OnlineStore(ABC):
-    """Snapshot-at-a-time key-value store of customer feature documents."""
+    """Snapshot-at-a-time store of customer feature documents.
+
+    A document is a JSON array of values in the snapshot's column order (the column names are kept
+    once, in the snapshot's metadata, not in each of a million documents).
+    """
 
     @abstractmethod
-    def publish(self, version: str, rows: Iterable[Sequence[Row]]) -> int:
+    def publish(self, version: str, columns: Sequence[str], rows: Iterable[Sequence[Row]]) -> int:
         """Write a complete snapshot (an iterable of batches of rows), then make it live. Returns rows."""
 
     @abstractmethod
     def live(self) -> dict | None:
-        """``{"version": ..., "published_at": ..., "rows": ...}`` of the live snapshot, or None."""
+        """``{"version", "published_at", "rows", "columns", ...}`` of the live snapshot, or None."""
 
     @abstractmethod
-    def get_raw(self, customer_id: str) -> bytes | None: ...
-
-    @abstractmethod
-    def get_many_raw(self, customer_ids: Sequence[str]) -> list[bytes | None]: ...
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
+        """Columns and raw documents of ``customer_ids``, both from the same (live) snapshot."""
 
     def get(self, customer_id: str) -> dict | None:
-        raw = self.get_raw(customer_id)
-        return None if raw is None else orjson.loads(raw)
+        return self.get_many([customer_id])[0]
 
     def get_many(self, customer_ids: Sequence[str]) -> list[dict | None]:
-        return [None if r is None else orjson.loads(r) for r in self.get_many_raw(customer_ids)]
+        if not customer_ids:
+            return []
+        columns, raws = self._fetch(customer_ids)
+        return [None if r is None else dict(zip(columns, orjson.loads(r))) for r in raws]
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         pass
@@ -65,6 +69,14 @@ class OnlineStore(ABC):
     @property
     @abstractmethod
     def url(self) -> str: ...
+
+    def _empty(self) -> StoreError:
+        return StoreError(f"the online store {self.url} is empty: run 'nba features materialize'")
+
+
+def _meta(version: str, columns: Sequence[str], rows: int, **extra) -> str:
+    return json.dumps({"version": version, "rows": rows, "columns": list(columns),
+                       "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
 
 
 # -------------------------------------------------------------------------------------------------
@@ -78,6 +90,7 @@ class SQLiteOnlineStore(OnlineStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._columns: dict[str, list[str]] = {}
         con = self._con()
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY CHECK (id = 1), "
@@ -96,7 +109,7 @@ class SQLiteOnlineStore(OnlineStore):
             self._local.con = con
         return con
 
-    def publish(self, version: str, rows: Iterable[Sequence[Row]]) -> int:
+    def publish(self, version: str, columns: Sequence[str], rows: Iterable[Sequence[Row]]) -> int:
         con = self._con()
         tbl = f"snap_{uuid.uuid4().hex[:12]}"
         n = 0
@@ -107,8 +120,7 @@ class SQLiteOnlineStore(OnlineStore):
                 con.executemany(f"INSERT INTO {tbl} VALUES (?, ?)", batch)
                 n += len(batch)
             con.execute("COMMIT")
-            meta = json.dumps({"version": version, "rows": n,
-                               "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            meta = _meta(version, columns, n)
             con.execute("BEGIN IMMEDIATE")  # the switch: one transaction
             old = self._live_table(con)
             con.execute("INSERT INTO live (id, tbl, meta) VALUES (1, ?, ?) "
@@ -133,35 +145,30 @@ class SQLiteOnlineStore(OnlineStore):
         row = con.execute("SELECT tbl FROM live").fetchone()
         return None if row is None else row[0]
 
-    def get_raw(self, customer_id: str) -> bytes | None:
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
         con = self._con()
+        con.execute("BEGIN")  # one read transaction: pointer, columns and rows from the same snapshot
         try:
-            con.execute("BEGIN")  # one read transaction: pointer and row come from the same snapshot
-            tbl = self._live_table(con)
-            if tbl is None:
-                raise StoreError(f"the online store {self.url} is empty: run 'nba features materialize'")
-            row = con.execute(f"SELECT doc FROM {tbl} WHERE customer_id = ?", (customer_id,)).fetchone()
-        finally:
-            con.execute("COMMIT")
-        return None if row is None else row[0]
-
-    def get_many_raw(self, customer_ids: Sequence[str]) -> list[bytes | None]:
-        con = self._con()
-        found: dict[str, bytes] = {}
-        try:
-            con.execute("BEGIN")
-            tbl = self._live_table(con)
-            if tbl is None:
-                raise StoreError(f"the online store {self.url} is empty: run 'nba features materialize'")
+            live = con.execute("SELECT tbl, meta FROM live").fetchone()
+            if live is None:
+                raise self._empty()
+            tbl, meta = live
+            columns = self._columns.get(tbl)
+            if columns is None:
+                columns = self._columns[tbl] = json.loads(meta)["columns"]
+            if len(customer_ids) == 1:
+                row = con.execute(f"SELECT doc FROM {tbl} WHERE customer_id = ?", (customer_ids[0],)).fetchone()
+                return columns, [None if row is None else row[0]]
+            found: dict[str, bytes] = {}
             ids = list(dict.fromkeys(customer_ids))
             for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
                 chunk = ids[i:i + 900]
                 marks = ",".join("?" * len(chunk))
                 found.update(con.execute(f"SELECT customer_id, doc FROM {tbl} WHERE customer_id IN ({marks})",
                                          chunk).fetchall())
+            return columns, [found.get(c) for c in customer_ids]
         finally:
             con.execute("COMMIT")
-        return [found.get(c) for c in customer_ids]
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -181,6 +188,8 @@ class RedisOnlineStore(OnlineStore):
         self._url = url
         self.prefix = prefix or os.environ.get("NBA_ONLINE_PREFIX", "nba:features")
         self.r = redis.Redis.from_url(url, socket_timeout=10)
+        self._cached_raw: bytes | None = None
+        self._cached_meta: dict = {}
         try:
             self.r.ping()
         except redis.exceptions.ConnectionError as e:
@@ -193,7 +202,7 @@ class RedisOnlineStore(OnlineStore):
     def _live_key(self) -> str:
         return f"{self.prefix}:live"
 
-    def publish(self, version: str, rows: Iterable[Sequence[Row]]) -> int:
+    def publish(self, version: str, columns: Sequence[str], rows: Iterable[Sequence[Row]]) -> int:
         snap = uuid.uuid4().hex[:12]
         key = f"{self.prefix}:snap:{snap}"
         n = 0
@@ -207,8 +216,7 @@ class RedisOnlineStore(OnlineStore):
         except BaseException:
             self.r.unlink(key)
             raise
-        meta = json.dumps({"version": version, "rows": n, "snapshot": snap,
-                           "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        meta = _meta(version, columns, n, snapshot=snap)
         old = self.r.get(self._live_key())
         pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: the switch is one atomic step
         pipe.set(self._live_key(), meta)
@@ -225,19 +233,18 @@ class RedisOnlineStore(OnlineStore):
         raw = self.r.get(self._live_key())
         return None if raw is None else json.loads(raw)
 
-    def _snap_key(self) -> str:
-        meta = self.live()
-        if meta is None:
-            raise StoreError(f"the online store {self.url} is empty: run 'nba features materialize'")
-        return f"{self.prefix}:snap:{meta['snapshot']}"
-
-    def get_raw(self, customer_id: str) -> bytes | None:
-        return self.r.hget(self._snap_key(), customer_id)
-
-    def get_many_raw(self, customer_ids: Sequence[str]) -> list[bytes | None]:
-        if not customer_ids:
-            return []
-        return self.r.hmget(self._snap_key(), list(customer_ids))
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
+        # The live pointer is read first; a snapshot is kept one publish after it stops being live, so
+        # the hash read next still exists and is the same snapshot.
+        raw = self.r.get(self._live_key())
+        if raw is None:
+            raise self._empty()
+        if raw != self._cached_raw:
+            self._cached_meta, self._cached_raw = json.loads(raw), raw
+        key = f"{self.prefix}:snap:{self._cached_meta['snapshot']}"
+        if len(customer_ids) == 1:
+            return self._cached_meta["columns"], [self.r.hget(key, customer_ids[0])]
+        return self._cached_meta["columns"], self.r.hmget(key, list(customer_ids))
 
     def close(self) -> None:
         self.r.close()

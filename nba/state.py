@@ -3,7 +3,7 @@
 Four states, each with the rule that fired and the feature values behind it (``state_evidence``, one
 JSON object per customer), so that an RM can be shown why:
 
-- lifecycle stage: dormant > new > declining > growing > mature (first rule that holds wins);
+- lifecycle stage: dormant (no products) > new > dormant (went quiet) > declining > growing > mature;
 - relationship health score 0-100: a transparent sum of named components;
 - complaint state: open / recently_resolved / none;
 - emotional state from recent contact sentiment: escalating > negative > positive > neutral.
@@ -36,7 +36,7 @@ def _num(s: pd.Series, digits: int = 2) -> pd.Series:
     """JSON literal of a numeric series (null for missing)."""
     v = pd.to_numeric(s, errors="coerce").astype("float64").round(digits)
     text = v.map(lambda x: repr(int(x)) if float(x).is_integer() else repr(x), na_action="ignore")
-    return text.fillna("null").astype(str)
+    return text.astype(object).where(v.notna(), "null").astype(str)
 
 
 def _obj(rule: pd.Series, facts: dict[str, pd.Series | None], masks: dict[str, np.ndarray] | None = None) -> pd.Series:
@@ -64,8 +64,9 @@ def identify(df: pd.DataFrame, cfg: StateConfig) -> pd.DataFrame:
 
     # --- lifecycle stage ---------------------------------------------------------------------------
     silent_long = since_contact.isna() | (since_contact > cfg.dormant_silence_days)
-    dormant = (n_products == 0) | ((txn90 == 0) & (inbound90 == 0) & silent_long)
     new = tenure < cfg.new_tenure_days
+    # No products at all, or an established relationship that went quiet (a new client is not dormant).
+    dormant = (n_products == 0) | (~new & (txn90 == 0) & (inbound90 == 0) & silent_long)
     declining = (trend90 <= cfg.declining_assets_trend_90d) | ((closed90 > 0) & (closed90 > opened180))
     growing = (opened180 > 0) | (trend90 >= cfg.growing_assets_trend_90d)
     stage = np.select([dormant, new, declining, growing], ["dormant", "new", "declining", "growing"], "mature")

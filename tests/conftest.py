@@ -48,3 +48,60 @@ def csv_bank(small_csv_bank, tmp_path) -> Path:
 @pytest.fixture()
 def store(tmp_path) -> TableStore:
     return TableStore(tmp_path / "home" / "store")
+
+
+# -------------------------------------------------------------------------------------------------
+# Redis: a private redis-server for the test session (CI installs Debian's redis-server).
+
+import os  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """URL of a redis-server started for this session; skipped only where Redis is not required."""
+    binary = _shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("NBA_REQUIRE_REDIS") == "1":
+            pytest.fail("redis-server is required (NBA_REQUIRE_REDIS=1) but not installed")
+        pytest.skip("redis-server not installed (make test installs it)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_url(request, tmp_path, monkeypatch):
+    """Each online-store test runs against both backends (Redis under a fresh key prefix)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'online.sqlite'}"
+    url = request.getfixturevalue("redis_url")
+    monkeypatch.setenv("NBA_ONLINE_PREFIX", f"test:{uuid.uuid4().hex[:8]}")
+    return url
