@@ -80,12 +80,11 @@ def documents(df: pd.DataFrame, chunk: int = 50_000):
     for c in out.columns:
         if str(out[c].dtype) == "Int64":  # pd.NA -> None, so JSON gets null
             out[c] = out[c].astype(object).where(out[c].notna(), None)
-    ids = out["customer_id"].tolist()
-    values = out.to_numpy(dtype=object)
-    for start in range(0, len(out), chunk):
-        rows = values[start:start + chunk].tolist()
+    for start in range(0, len(out), chunk):  # per chunk: Python objects for 1M x 112 cells would not fit
+        part = out.iloc[start:start + chunk]
+        rows = part.to_numpy(dtype=object).tolist()
         yield [(cid, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY))
-               for cid, r in zip(ids[start:start + chunk], rows)]
+               for cid, r in zip(part["customer_id"].tolist(), rows)]
 
 
 def materialize(home: Home, as_of: date | None = None, *, online_url: str | None = None,

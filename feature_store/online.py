@@ -6,7 +6,8 @@ Two real backends behind one interface, chosen by ``NBA_ONLINE_STORE`` (or an ex
   own table; a one-row ``live`` table names the live one. A read is one statement that resolves the
   live table name and the row inside a single read transaction.
 - Redis (``redis://host:port/db``): each snapshot is one hash ``<prefix>:snap:<id>`` (customer id ->
-  JSON); ``<prefix>:live`` names the live snapshot.
+  JSON array); ``<prefix>:live_snap`` names the live snapshot and ``<prefix>:live`` holds its metadata.
+  A read is one server-side script: resolve the live snapshot and read from it, atomically.
 
 Publishing writes the whole new snapshot beside the live one and then switches the pointer in one
 atomic step, so readers see the old or the new version, never a mix. The previous snapshot is kept
@@ -188,8 +189,9 @@ class RedisOnlineStore(OnlineStore):
         self._url = url
         self.prefix = prefix or os.environ.get("NBA_ONLINE_PREFIX", "nba:features")
         self.r = redis.Redis.from_url(url, socket_timeout=10)
-        self._cached_raw: bytes | None = None
-        self._cached_meta: dict = {}
+        self._cached_snap: bytes | None = None
+        self._cached_columns: list[str] = []
+        self._read = self.r.register_script(self._READ)
         try:
             self.r.ping()
         except redis.exceptions.ConnectionError as e:
@@ -220,7 +222,7 @@ class RedisOnlineStore(OnlineStore):
         old = self.r.get(self._live_key())
         pipe = self.r.pipeline(transaction=True)  # MULTI/EXEC: the switch is one atomic step
         pipe.set(self._live_key(), meta)
-        pipe.set(f"{self.prefix}:previous", old or b"")
+        pipe.set(f"{self.prefix}:live_snap", snap)
         pipe.execute()
         keep = {key, f"{self.prefix}:snap:{json.loads(old)['snapshot']}" if old else None}
         stale = [k for k in self.r.scan_iter(match=f"{self.prefix}:snap:*", count=1000)
@@ -233,18 +235,30 @@ class RedisOnlineStore(OnlineStore):
         raw = self.r.get(self._live_key())
         return None if raw is None else json.loads(raw)
 
+    # One round trip, atomic on the server: resolve the live snapshot and read from it.
+    _READ = """
+    local snap = redis.call('GET', KEYS[1])
+    if not snap then return false end
+    return {snap, redis.call('HMGET', ARGV[1] .. snap, unpack(ARGV, 2))}
+    """
+
     def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
-        # The live pointer is read first; a snapshot is kept one publish after it stops being live, so
-        # the hash read next still exists and is the same snapshot.
-        raw = self.r.get(self._live_key())
-        if raw is None:
-            raise self._empty()
-        if raw != self._cached_raw:
-            self._cached_meta, self._cached_raw = json.loads(raw), raw
-        key = f"{self.prefix}:snap:{self._cached_meta['snapshot']}"
-        if len(customer_ids) == 1:
-            return self._cached_meta["columns"], [self.r.hget(key, customer_ids[0])]
-        return self._cached_meta["columns"], self.r.hmget(key, list(customer_ids))
+        snap, docs = None, []
+        for i in range(0, len(customer_ids), 1000):  # bounded script arguments
+            res = self._read(keys=[f"{self.prefix}:live_snap"],
+                             args=[f"{self.prefix}:snap:", *customer_ids[i:i + 1000]])
+            if not res:
+                raise self._empty()
+            if snap is not None and res[0] != snap:  # a publish switched mid-batch: read again
+                return self._fetch(customer_ids)
+            snap = res[0]
+            docs.extend(res[1])
+        if snap != self._cached_snap:
+            meta = self.live()
+            if meta is None or meta["snapshot"].encode() != snap:  # switched just now: read again
+                return self._fetch(customer_ids)
+            self._cached_snap, self._cached_columns = snap, meta["columns"]
+        return self._cached_columns, docs
 
     def close(self) -> None:
         self.r.close()

@@ -21,7 +21,7 @@ def run(args, home: Path, cwd: Path | None = None):
 def test_help_lists_the_stages(tmp_path):
     r = run(["--help"], tmp_path / "h")
     assert r.returncode == 0
-    for stage in ("data", "demo"):
+    for stage in ("data", "features", "demo"):
         assert stage in r.stdout
     r = run(["data", "--help"], tmp_path / "h")
     for cmd in ("generate", "ingest", "status", "rollback"):
@@ -39,6 +39,33 @@ def test_generate_then_ingest_then_status(tmp_path):
     r = run(["data", "status"], home)
     assert r.returncode == 0 and "customers" in r.stdout and "400" in r.stdout
     assert sorted(p.name for p in home.iterdir()) == ["store", "synthetic"], "nothing outside NBA_HOME"
+
+
+def test_features_materialize_and_get(tmp_path):
+    import json
+
+    home = tmp_path / "home"
+    assert run(["data", "generate", "-n", "300", "--seed", "4", "--as-of", "2026-05-01"], home).returncode == 0
+    assert run(["data", "ingest", str(home / "synthetic")], home).returncode == 0
+    r = run(["features", "materialize"], home)  # as_of defaults to the day after the latest event
+    assert r.returncode == 0, r.stderr
+    assert "features at 2026-05-01 for" in r.stdout and (home / "features" / "as_of=2026-05-01").is_dir()
+    r = run(["features", "get", "C00000005", "--json"], home)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["customer_id"] == "C00000005" and doc["as_of"] == "2026-05-01"
+    assert doc["lifecycle_stage"] in ("new", "growing", "mature", "declining", "dormant")
+    assert set(doc["state_evidence"]) == {"lifecycle_stage", "health_score", "complaint_state", "emotional_state"}
+    offline = json.loads(run(["features", "get", "C00000005", "--as-of", "2026-05-01", "--json"], home).stdout)
+    assert offline == doc, "offline and online agree"
+    r = run(["features", "get", "C-19"], home)
+    assert r.returncode == 2 and "unknown customer_id 'C-19'" in r.stderr
+    r = run(["features", "get", "C00000005", "--as-of", "2020-01-01"], home)
+    assert r.returncode == 2 and "no features materialized for as_of 2020-01-01" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("state:\n  new_tenure_dayz: 10\n")
+    r = run(["features", "materialize", "--config", str(bad)], home)
+    assert r.returncode == 2 and "state.new_tenure_dayz" in r.stderr
 
 
 def test_home_option_overrides_the_environment(tmp_path):
@@ -82,6 +109,6 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     home = tmp_path / "home"
     r = run(["demo", "-n", "1500"], home)
     assert r.returncode == 0, r.stderr
-    assert "demo complete" in r.stdout
+    assert "demo complete" in r.stdout and "customer state" in r.stdout
     r = run(["data", "status"], home)
     assert "1,500" in r.stdout
