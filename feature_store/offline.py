@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import duckdb
-import numpy as np
 import pandas as pd
 
 from nba import features as F
@@ -298,14 +297,3 @@ def data_end(version: StoreVersion) -> date:
     finally:
         con.close()
     return (latest or date.min) + timedelta(days=1)
-
-
-def as_numpy_safe(df: pd.DataFrame) -> pd.DataFrame:
-    """Nullable integer columns as float (NaN for null), for model code that wants plain arrays."""
-    out = df.copy()
-    for c in out.columns:
-        if str(out[c].dtype) == "Int64":
-            out[c] = out[c].astype("float64")
-    return out
-
-
