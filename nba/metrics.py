@@ -1,0 +1,98 @@
+"""Ranking and classification metrics, implemented once and tested with worked values.
+
+Ranking metrics take a top-K list per user (``topk``, ``[n_users, K]`` item indices, best first) and the
+relevant items as pairs (``truth_users``, ``truth_items``); users without relevant items are left out
+of the averages (the LightGCN / Recommenders convention).
+
+- ``recall@K = hits / |relevant|``
+- ``precision@K = hits / K``
+- ``ndcg@K = DCG / IDCG`` with gains ``1 / log2(rank + 2)`` and ``IDCG`` over ``min(|relevant|, K)`` items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _hits(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.ndarray, n_items: int) -> np.ndarray:
+    """``[n_users, K]`` booleans: is the item at each rank relevant to that user."""
+    codes = np.unique(truth_users.astype(np.int64) * n_items + truth_items.astype(np.int64))
+    users = np.arange(topk.shape[0], dtype=np.int64)[:, None]
+    q = users * n_items + topk.astype(np.int64)
+    pos = np.searchsorted(codes, q)
+    pos = np.minimum(pos, len(codes) - 1) if len(codes) else pos
+    return (codes[pos] == q) if len(codes) else np.zeros(topk.shape, bool)
+
+
+def ranking_metrics(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.ndarray, n_items: int,
+                    ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
+    """recall@K, precision@K and ndcg@K for each K in ``ks`` (K <= topk.shape[1])."""
+    topk = np.asarray(topk)
+    truth_users, truth_items = np.asarray(truth_users), np.asarray(truth_items)
+    if topk.ndim != 2:
+        raise ValueError(f"topk must be [n_users, K], got shape {topk.shape}")
+    if max(ks) > topk.shape[1]:
+        raise ValueError(f"asked for @{max(ks)} but topk holds only {topk.shape[1]} items per user")
+    n_users = topk.shape[0]
+    pairs = np.unique(truth_users.astype(np.int64) * n_items + truth_items.astype(np.int64))
+    n_rel = np.bincount((pairs // n_items).astype(np.int64), minlength=n_users)[:n_users]
+    evaluated = n_rel > 0
+    if not evaluated.any():
+        raise ValueError("no user has a relevant item: nothing to evaluate")
+    hits = _hits(topk, truth_users, truth_items, n_items)
+    out: dict[str, float] = {}
+    gains = 1.0 / np.log2(np.arange(topk.shape[1]) + 2)
+    for k in ks:
+        h = hits[:, :k][evaluated]
+        rel = n_rel[evaluated]
+        n_hit = h.sum(axis=1)
+        dcg = (h * gains[:k]).sum(axis=1)
+        ideal = np.cumsum(gains[:k])[np.minimum(rel, k) - 1]
+        out[f"recall@{k}"] = float(np.mean(n_hit / rel))
+        out[f"precision@{k}"] = float(np.mean(n_hit / k))
+        out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
+    out["users_evaluated"] = int(evaluated.sum())
+    return out
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=float)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC AUC needs both classes (positives {n_pos}, negatives {n_neg})")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks of ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """PR AUC as average precision: mean of precision at each positive, best score first."""
+    y = np.asarray(y_true).astype(bool)
+    if not y.any():
+        raise ValueError("average precision needs at least one positive")
+    order = np.argsort(-np.asarray(score, dtype=float), kind="mergesort")
+    hits = y[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def calibration(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> dict:
+    """Reliability table (mean predicted vs observed per probability bin) and expected calibration error."""
+    y = np.asarray(y_true).astype(float)
+    p = np.clip(np.asarray(prob, dtype=float), 0, 1)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    table = []
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            table.append({"bin": b, "n": int(m.sum()), "predicted": float(p[m].mean()), "observed": float(y[m].mean())})
+            ece += m.mean() * abs(p[m].mean() - y[m].mean())
+    return {"ece": float(ece), "bins": table}
