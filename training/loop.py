@@ -124,13 +124,14 @@ def recommend(model: HybridGNN, adj, ux, ix, users: np.ndarray, exclude_users: n
 
 
 def popularity_topk(data: InteractionData, users: np.ndarray, k: int) -> np.ndarray:
-    """The baseline: most-held items first, the user's own items excluded."""
+    """The baseline: most-held items first, the user's own items excluded (ranked last)."""
     pop = np.bincount(data.train_items, minlength=data.num_items).astype(float)
-    order = np.argsort(-pop, kind="stable")
-    held = {}
-    for u, i in zip(data.train_users, data.train_items):
-        held.setdefault(int(u), set()).add(int(i))
-    return np.array([[i for i in order if i not in held.get(int(u), ())][:k] for u in users])
+    scores = np.tile(pop, (len(users), 1))
+    row = np.full(data.num_users, -1)
+    row[users] = np.arange(len(users))
+    mine = row[data.train_users] >= 0
+    scores[row[data.train_users[mine]], data.train_items[mine]] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 def train_loop(cfg: TrainConfig, data: InteractionData,

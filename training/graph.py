@@ -1,0 +1,161 @@
+"""The customer-product graph at an as_of date, as a PyG ``HeteroData`` and as training arrays.
+
+Nodes: ``customer`` (x: encoded point-in-time features) and ``product`` (x: category, risk, margin,
+age limit, segments, term). Typed edges, all dated before as_of, each with a reverse edge:
+
+- ``holds``: held at as_of;
+- ``acquired``: opened in the 365 days before as_of (also closed ones);
+- ``asked_about``: interactions about a product in the last 365 days;
+- ``declined``: offers of a product declined in the last 365 days;
+- ``complained_about``: complaints about a product in the last 365 days.
+
+For the recommender, ``holds`` + ``acquired`` are the positive pairs, ``asked_about`` adds
+propagation-only edges with a lower weight, and ``declined`` supplies hard negatives. Complaints stay
+in the graph for the heads and for later models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import torch
+from torch_geometric.data import HeteroData
+
+from feature_store.offline import connect
+from feature_store.store import StoreVersion
+from nba import features as F
+from nba import schema
+
+from .loop import InteractionData
+
+RELATIONS = ("holds", "acquired", "asked_about", "declined", "complained_about")
+# Columns that are identifiers, free text or evidence, never model inputs.
+_NOT_INPUTS = {"customer_id", "as_of", "rm_id", "held_products", "declined_actions_90d", "state_evidence"}
+_CATEGORICAL = ("segment", "income_band", "lifecycle_stage", "complaint_state", "emotional_state")
+
+
+@dataclass
+class FeatureEncoder:
+    """Numeric features -> signed log1p -> standardised; categoricals -> one-hot; missing -> 0 + flag.
+
+    Fitted statistics travel with the model bundle so serving encodes exactly as training did.
+    """
+
+    numeric: list[str]
+    categorical: dict[str, list[str]]
+    mean: np.ndarray
+    std: np.ndarray
+    flags: list[str]
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame) -> "FeatureEncoder":
+        numeric = [c for c in df.columns if c not in _NOT_INPUTS and c not in _CATEGORICAL
+                   and c in F.COLUMNS and F.FEATURES.get(c, F.STATE.get(c, ("str",)))[0] in ("int", "float", "bool")]
+        categorical = {c: sorted(map(str, df[c].dropna().unique())) for c in _CATEGORICAL if c in df}
+        flags = [c for c in numeric if df[c].isna().any()]
+        raw = cls._raw(df, numeric)
+        return cls(numeric, categorical, np.nanmean(raw, axis=0), np.nanstd(raw, axis=0) + 1e-6, flags)
+
+    @staticmethod
+    def _raw(df: pd.DataFrame, numeric: list[str]) -> np.ndarray:
+        x = df[numeric].apply(pd.to_numeric, errors="coerce").astype("float64").to_numpy()
+        return np.sign(x) * np.log1p(np.abs(x))
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        x = (self._raw(df, self.numeric) - self.mean) / self.std
+        missing = np.isnan(x)
+        x = np.nan_to_num(x, nan=0.0)
+        parts = [x, missing[:, [self.numeric.index(c) for c in self.flags]].astype("float64")]
+        for col, values in self.categorical.items():
+            parts.append((df[col].astype(str).to_numpy()[:, None] == np.array(values)[None, :]).astype("float64"))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    @property
+    def names(self) -> list[str]:
+        return (self.numeric + [f"{c}_missing" for c in self.flags]
+                + [f"{c}={v}" for c, vals in self.categorical.items() for v in vals])
+
+
+def product_features(products: pd.DataFrame) -> np.ndarray:
+    cats = np.array(schema.PRODUCT_CATEGORIES)
+    onehot = (products["category"].to_numpy()[:, None] == cats[None, :]).astype(np.float32)
+    segs = np.stack([products["eligible_segments"].str.split("|").apply(lambda s, g=g: g in s).to_numpy()
+                     for g in schema.SEGMENTS], axis=1).astype(np.float32)
+    num = np.stack([
+        (products["risk_level"].to_numpy() - 3) / 2,
+        np.log1p(products["annual_margin"].to_numpy()) / 8,
+        products["min_age"].to_numpy() / 100,
+        np.log1p(products["term_months"].fillna(0).to_numpy()) / 6,
+    ], axis=1).astype(np.float32)
+    return np.concatenate([onehot, segs, num], axis=1)
+
+
+@dataclass
+class BankGraph:
+    data: HeteroData
+    customer_ids: list[str]
+    product_ids: list[str]
+    encoder: FeatureEncoder
+    as_of: date
+
+    def interactions(self, relation_weights: dict[str, float] | None = None,
+                     churn: np.ndarray | None = None) -> InteractionData:
+        """The arrays the training loop takes (positives: holds + acquired, deduplicated)."""
+        w = {"asked_about": 0.5, **(relation_weights or {})}
+        d = self.data
+        pos = torch.cat([d["customer", "holds", "product"].edge_index,
+                         d["customer", "acquired", "product"].edge_index], dim=1)
+        pairs = torch.unique(pos, dim=1).numpy()
+        ask = d["customer", "asked_about", "product"].edge_index.numpy()
+        dec = d["customer", "declined", "product"].edge_index.numpy()
+        return InteractionData(
+            num_users=d["customer"].num_nodes, num_items=d["product"].num_nodes,
+            train_users=pairs[0], train_items=pairs[1],
+            extra_users=ask[0], extra_items=ask[1], extra_weight=np.full(ask.shape[1], w["asked_about"]),
+            user_x=d["customer"].x.numpy(), item_x=d["product"].x.numpy(),
+            negative_users=dec[0], negative_items=dec[1], churn=churn)
+
+
+def build_graph(version: StoreVersion, features: pd.DataFrame, as_of: date,
+                encoder: FeatureEncoder | None = None) -> BankGraph:
+    """Build the graph of the customers in ``features`` (the feature frame at ``as_of``)."""
+    features = features.sort_values("customer_id", ignore_index=True)
+    con = connect(version)
+    try:
+        products = con.execute("SELECT * FROM products ORDER BY product_id").df()
+        D = f"DATE '{as_of.isoformat()}'"
+        T = f"TIMESTAMP '{as_of.isoformat()} 00:00:00'"
+        year = f"{T} - INTERVAL 365 DAY"
+        queries = {
+            "holds": f"SELECT DISTINCT customer_id, product_id FROM holdings WHERE opened_at < {D} "
+                     f"AND (closed_at IS NULL OR closed_at >= {D})",
+            "acquired": f"SELECT DISTINCT customer_id, product_id FROM holdings WHERE opened_at < {D} "
+                        f"AND opened_at >= {D} - INTERVAL 365 DAY",
+            "asked_about": f"SELECT DISTINCT customer_id, product_id FROM interactions WHERE ts < {T} "
+                           f"AND ts >= {year} AND product_id IS NOT NULL",
+            "declined": f"SELECT DISTINCT customer_id, product_id FROM action_outcomes WHERE outcome = 'declined' "
+                        f"AND outcome_at < {T} AND outcome_at >= {year} AND product_id IS NOT NULL",
+            "complained_about": f"SELECT DISTINCT customer_id, product_id FROM complaints WHERE opened_at < {T} "
+                                f"AND opened_at >= {year} AND product_id IS NOT NULL",
+        }
+        edges = {rel: con.execute(q).df() for rel, q in queries.items()}
+    finally:
+        con.close()
+
+    cust_index = pd.Index(features["customer_id"])
+    prod_index = pd.Index(products["product_id"])
+    encoder = encoder or FeatureEncoder.fit(features)
+    data = HeteroData()
+    data["customer"].x = torch.from_numpy(encoder.transform(features))
+    data["product"].x = torch.from_numpy(product_features(products))
+    for rel, df in edges.items():
+        c = cust_index.get_indexer(df["customer_id"])
+        p = prod_index.get_indexer(df["product_id"])
+        keep = (c >= 0) & (p >= 0)
+        ei = torch.from_numpy(np.stack([c[keep], p[keep]]).astype(np.int64))
+        data["customer", rel, "product"].edge_index = ei
+        data["product", f"rev_{rel}", "customer"].edge_index = ei.flip(0)
+    return BankGraph(data, cust_index.tolist(), prod_index.tolist(), encoder, as_of)
