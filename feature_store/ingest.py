@@ -18,7 +18,6 @@ Files are streamed in batches, so memory stays bounded by the batch, not the fil
 from __future__ import annotations
 
 import csv
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -139,7 +139,7 @@ def _sql(d: date) -> dict[str, str]:
     q["interactions"] = f"""
         SELECT customer_id,
                {", ".join(f"count(*) FILTER (WHERE channel = '{ch}' AND {last90}) AS interactions_90d_{ch}" for ch in schema.CHANNELS)},
-               {", ".join(f"{days_since(f'max(ts) FILTER (WHERE channel = ' + repr(ch) + ')')} AS days_since_{ch}" for ch in schema.CHANNELS)},
+               {", ".join(f"{days_since('max(ts) FILTER (WHERE channel = ' + repr(ch) + ')')} AS days_since_{ch}" for ch in schema.CHANNELS)},
                count(*) FILTER (WHERE direction = 'inbound' AND {last90}) AS inbound_90d,
                count(*) FILTER (WHERE direction = 'outbound' AND {last90}) AS outbound_90d,
                count(*) FILTER (WHERE direction = 'outbound' AND ts >= {T} - INTERVAL 30 DAY) AS outbound_30d,
