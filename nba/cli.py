@@ -29,6 +29,8 @@ app.add_typer(data_app, name="data")
 features_app = typer.Typer(help="Feature store: point-in-time features, customer state, online store.",
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
+models_app = typer.Typer(help="Model registry (MLflow): versions, aliases, promotion.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 out = Console()
 err = Console(stderr=True)
@@ -212,6 +214,78 @@ def features_get(
 
 # -------------------------------------------------------------------------------------------------
 # nba demo
+
+
+@app.command("train")
+def train(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", help="Training config (default: configs/train.yaml).", show_default=False)] = None,
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="Train on the graph at this date, YYYY-MM-DD (default: latest materialized features).",
+        show_default=False)] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).", show_default=False)] = None,
+    promote: Annotated[bool, typer.Option(
+        "--promote", help="Also make the new version the champion.")] = False,
+    no_ray: Annotated[bool, typer.Option(
+        "--no-ray", help="Run the plain loop in-process instead of Ray Train.")] = False,
+) -> None:
+    """Train the GNN (Ray Train), evaluate it on the following 90 days, log and register it in MLflow."""
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    cfg, path = load_run_config(config, overrides)
+    if no_ray:
+        cfg.ray.enabled = False
+    run_training(state.home.ensure(), cfg, _parse_date(as_of, "--as-of"), promote=promote, config_path=path,
+                 log=lambda msg: out.print(msg, highlight=False, markup=False))
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "nba",
+) -> None:
+    """Registered versions with their aliases, as_of and evaluation."""
+    from mlflow import MlflowClient
+
+    from training import registry
+
+    registry.setup(state.home, "nba")
+    client = MlflowClient()
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    if not versions:
+        raise NBAError(f"no registered versions of {name!r} under {registry.tracking_uri(state.home)}")
+    t = RichTable("version", "aliases", "as_of", "model recall@5", "popularity recall@5", "churn ROC AUC", "run")
+    for v in versions:
+        run = client.get_run(v.run_id) if v.run_id else None
+        m = run.data.metrics if run else {}
+        t.add_row(v.version, ", ".join(v.aliases), (run.data.tags.get("as_of", "") if run else ""),
+                  _fmt(m.get("test.model.recall_at_5")), _fmt(m.get("test.popularity.recall_at_5")),
+                  _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
+    out.print(t)
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[int, typer.Argument(help="Version to make the champion.")],
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "nba",
+) -> None:
+    """Point the alias champion at a version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training import registry
+
+    registry.setup(state.home, "nba")
+    try:
+        MlflowClient().set_registered_model_alias(name, registry.CHAMPION, str(version))
+    except MlflowException as e:
+        raise NBAError(f"cannot promote {name} version {version}: {e.message}") from None
+    out.print(f"{name} version {version} is now the champion")
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
 
 
 @app.command("demo")

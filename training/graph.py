@@ -32,6 +32,11 @@ from nba import schema
 from .loop import InteractionData
 
 RELATIONS = ("holds", "acquired", "asked_about", "declined", "complained_about")
+RECENT_DAYS = 90  # acquisitions this recent can be held out for validation
+# Features that restate the holdings (counts and balances per category). The graph already carries the
+# holdings; the recommender tower leaves these out so it cannot learn to score a product by reading
+# its own label (the churn head keeps them: balances are its best evidence).
+HOLDING_FEATURES = ("n_products", "balance_")
 # Columns that are identifiers, free text or evidence, never model inputs.
 _NOT_INPUTS = {"customer_id", "as_of", "rm_id", "held_products", "declined_actions_90d", "state_evidence"}
 _CATEGORICAL = ("segment", "income_band", "lifecycle_stage", "complaint_state", "emotional_state")
@@ -100,22 +105,42 @@ class BankGraph:
     product_ids: list[str]
     encoder: FeatureEncoder
     as_of: date
+    recent: np.ndarray | None = None  # [2, n] (customer, product) acquired in the RECENT_DAYS before as_of
+
+    @property
+    def rec_columns(self) -> np.ndarray:
+        """Indices of the encoded customer features the recommender tower reads."""
+        return np.array([j for j, n in enumerate(self.encoder.names) if not n.startswith(HOLDING_FEATURES)])
 
     def interactions(self, relation_weights: dict[str, float] | None = None,
-                     churn: np.ndarray | None = None) -> InteractionData:
-        """The arrays the training loop takes (positives: holds + acquired, deduplicated)."""
+                     churn: np.ndarray | None = None, valid_share: float = 0.0,
+                     seed: int = 0) -> InteractionData:
+        """The arrays the training loop takes (positives: holds + acquired, deduplicated).
+
+        ``valid_share`` of the recent acquisitions (the last RECENT_DAYS) leave the graph and become the
+        validation pairs: the task in small, predicting a new product the graph does not show.
+        """
         w = {"asked_about": 0.5, **(relation_weights or {})}
         d = self.data
         pos = torch.cat([d["customer", "holds", "product"].edge_index,
                          d["customer", "acquired", "product"].edge_index], dim=1)
         pairs = torch.unique(pos, dim=1).numpy()
+        valid = np.zeros((2, 0), np.int64)
+        if valid_share > 0 and self.recent is not None and self.recent.shape[1]:
+            n_items = d["product"].num_nodes
+            pick = np.random.default_rng(seed).random(self.recent.shape[1]) < valid_share
+            valid = self.recent[:, pick]
+            out = np.isin(pairs[0] * n_items + pairs[1], valid[0] * n_items + valid[1])
+            pairs = pairs[:, ~out]
         ask = d["customer", "asked_about", "product"].edge_index.numpy()
         dec = d["customer", "declined", "product"].edge_index.numpy()
+        x = d["customer"].x.numpy()
         return InteractionData(
             num_users=d["customer"].num_nodes, num_items=d["product"].num_nodes,
             train_users=pairs[0], train_items=pairs[1],
             extra_users=ask[0], extra_items=ask[1], extra_weight=np.full(ask.shape[1], w["asked_about"]),
-            user_x=d["customer"].x.numpy(), item_x=d["product"].x.numpy(),
+            user_x=x[:, self.rec_columns], item_x=d["product"].x.numpy(), churn_x=x,
+            valid_users=valid[0] if valid.shape[1] else None, valid_items=valid[1] if valid.shape[1] else None,
             negative_users=dec[0], negative_items=dec[1], churn=churn)
 
 
@@ -138,6 +163,8 @@ def build_graph(version: StoreVersion, features: pd.DataFrame, as_of: date,
                            f"AND ts >= {year} AND product_id IS NOT NULL",
             "declined": f"SELECT DISTINCT customer_id, product_id FROM action_outcomes WHERE outcome = 'declined' "
                         f"AND outcome_at < {T} AND outcome_at >= {year} AND product_id IS NOT NULL",
+            "recent": f"SELECT DISTINCT customer_id, product_id FROM holdings WHERE opened_at < {D} "
+                      f"AND opened_at >= {D} - INTERVAL {RECENT_DAYS} DAY",
             "complained_about": f"SELECT DISTINCT customer_id, product_id FROM complaints WHERE opened_at < {T} "
                                 f"AND opened_at >= {year} AND product_id IS NOT NULL",
         }
@@ -151,11 +178,16 @@ def build_graph(version: StoreVersion, features: pd.DataFrame, as_of: date,
     data = HeteroData()
     data["customer"].x = torch.from_numpy(encoder.transform(features))
     data["product"].x = torch.from_numpy(product_features(products))
+    recent = None
     for rel, df in edges.items():
         c = cust_index.get_indexer(df["customer_id"])
         p = prod_index.get_indexer(df["product_id"])
         keep = (c >= 0) & (p >= 0)
-        ei = torch.from_numpy(np.stack([c[keep], p[keep]]).astype(np.int64))
+        pairs = np.stack([c[keep], p[keep]]).astype(np.int64)
+        if rel == "recent":
+            recent = pairs
+            continue
+        ei = torch.from_numpy(pairs)
         data["customer", rel, "product"].edge_index = ei
         data["product", f"rev_{rel}", "customer"].edge_index = ei.flip(0)
-    return BankGraph(data, cust_index.tolist(), prod_index.tolist(), encoder, as_of)
+    return BankGraph(data, cust_index.tolist(), prod_index.tolist(), encoder, as_of, recent)

@@ -2,15 +2,20 @@
 
 ``HybridGNN`` propagates layer-0 embeddings over the normalised user-item graph with sparse matrix
 products (no per-edge Python) and averages the layers, as LightGCN does. A node's layer-0 embedding is
-its ID embedding plus an MLP of its features:
+the sum of what it has of:
 
-- with features and IDs (``kind="nba"``): collaborative signal and cold start. A user never seen in
-  training still gets ``MLP(features)``. During training, ID dropout zeroes some users' ID embeddings,
-  so that the feature path learns to stand on its own.
-- without features (``kind="lightgcn"``): plain LightGCN, the baseline, from the same code.
+- an ID embedding (users and items; either can be switched off);
+- an encoder of its features (an MLP, or a linear map with ``hidden=0``).
 
-Heads: ``score(u, i) = <e_u, e_i>`` for ranking (trained with BPR), and an optional churn logit from
-``[e_u, features_u]``.
+With features, a user never seen in training still gets an embedding from its features (cold start);
+with IDs only (``kind="lightgcn"``) it is plain LightGCN, the baseline, from the same code. Propagation
+goes through :class:`SymmetricSpMM`: the adjacency is symmetric, so the backward pass is one more
+product with the same matrix instead of torch's generic sparse backward (about 2x faster on CPU).
+
+Heads: ``score(u, i) = <e_u, e_i> + b_i`` for ranking (``b_i`` is an optional learned item bias, which
+carries popularity so the embeddings need not), and an optional churn probability from the customer's
+features. The churn head does not read the propagated embedding: its labels come from a window that
+ends at as_of, so it learns on features of as_of - horizon, when the graph was a different one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from torch import nn
 
 def normalized_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
                          weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric ``D^-1/2 A D^-1/2`` of the bipartite graph as a CSR tensor ``[n_users + n_items]^2``."""
+    """Symmetric ``D^-1/2 A D^-1/2`` of the bipartite graph as a CSR tensor ``[n_users + n_items]^2``.
+
+    Repeated (user, item) pairs add up their weights.
+    """
     device = users.device
     w = torch.ones(len(users), device=device) if weight is None else weight.to(device, torch.float32)
     rows = torch.cat([users, items + n_users])
@@ -34,10 +42,23 @@ def normalized_adjacency(users: torch.Tensor, items: torch.Tensor, n_users: int,
     inv = deg.pow(-0.5)
     inv[torch.isinf(inv)] = 0
     vals = inv[rows] * vals * inv[cols]
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta; products and autograd are what we use
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; products are all we use
         warnings.simplefilter("ignore", UserWarning)
         adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce()
         return adj.to_sparse_csr()
+
+
+class SymmetricSpMM(torch.autograd.Function):
+    """``adj @ x`` for a symmetric sparse ``adj``: the gradient is ``adj @ grad`` (``adj.T == adj``)."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj = adj
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, ctx.adj @ grad
 
 
 class HybridGNN(nn.Module):
@@ -45,44 +66,54 @@ class HybridGNN(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, layers: int = 2,
                  user_features: int = 0, item_features: int = 0, use_ids: bool = True,
-                 hidden: int = 128, churn_head: bool = False, id_dropout: float = 0.0):
+                 hidden: int = 128, churn_head: bool = False, id_dropout: float = 0.0,
+                 user_ids: bool | None = None, item_bias: bool = False, churn_features: int | None = None):
         super().__init__()
-        if not use_ids and user_features == 0:
-            raise ValueError("a model without ID embeddings needs user features")
+        user_ids = use_ids if user_ids is None else user_ids
+        if not user_ids and user_features == 0:
+            raise ValueError("a model without user ID embeddings needs user features")
         self.num_users, self.num_items, self.dim, self.layers = num_users, num_items, dim, layers
         self.id_dropout = id_dropout
-        self.user_id = nn.Embedding(num_users, dim) if use_ids else None
+        self.user_id = nn.Embedding(num_users, dim) if user_ids else None
         self.item_id = nn.Embedding(num_items, dim) if use_ids or item_features == 0 else None
         for emb in (self.user_id, self.item_id):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.1)
         self.user_mlp = self._mlp(user_features, hidden, dim) if user_features else None
         self.item_mlp = self._mlp(item_features, hidden, dim) if item_features else None
-        self.churn = (nn.Sequential(nn.Linear(dim + user_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-                      if churn_head else None)
+        self.item_bias = nn.Parameter(torch.zeros(num_items)) if item_bias else None
+        n_churn = user_features if churn_features is None else churn_features
+        self.churn = (nn.Sequential(nn.Linear(n_churn, 64), nn.ReLU(), nn.Linear(64, 1))
+                      if churn_head and n_churn else None)
 
     @staticmethod
     def _mlp(n_in: int, hidden: int, dim: int) -> nn.Module:
+        if hidden == 0:
+            return nn.Linear(n_in, dim)
         return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
     def ego(self, user_x: torch.Tensor | None = None, item_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer-0 embeddings ``[num_users, dim]``, ``[num_items, dim]``."""
-        device = next(self.parameters()).device
-        u = torch.zeros(self.num_users, self.dim, device=device)
-        if self.user_id is not None:
-            w = self.user_id.weight
-            if self.training and self.id_dropout > 0:
-                keep = (torch.rand(self.num_users, 1, device=device) >= self.id_dropout).float()
-                w = w * keep
-            u = u + w
-        if self.user_mlp is not None:
-            u = u + self.user_mlp(user_x)
-        i = torch.zeros(self.num_items, self.dim, device=device)
+        u = self._ego_users(user_x)
+        i = None
         if self.item_id is not None:
-            i = i + self.item_id.weight
+            i = self.item_id.weight
         if self.item_mlp is not None:
-            i = i + self.item_mlp(item_x)
+            f = self.item_mlp(item_x)
+            i = f if i is None else i + f
         return u, i
+
+    def _ego_users(self, user_x: torch.Tensor | None) -> torch.Tensor:
+        u = None
+        if self.user_id is not None:
+            u = self.user_id.weight
+            if self.training and self.id_dropout > 0:
+                keep = (torch.rand(self.num_users, 1, device=u.device) >= self.id_dropout).to(u.dtype)
+                u = u * keep
+        if self.user_mlp is not None:
+            f = self.user_mlp(user_x)
+            u = f if u is None else u + f
+        return u
 
     def forward(self, adj: torch.Tensor, user_x: torch.Tensor | None = None,
                 item_x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,10 +122,18 @@ class HybridGNN(nn.Module):
         x = torch.cat([u0, i0])
         out = x
         for _ in range(self.layers):
-            x = adj @ x
+            x = SymmetricSpMM.apply(adj, x)
             out = out + x
         out = out / (self.layers + 1)
         return out[: self.num_users], out[self.num_users:], u0, i0
+
+    def score(self, u_emb: torch.Tensor, i_emb: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Pairwise scores ``[n]`` when ``items`` indexes ``i_emb`` row by row, else all pairs ``[n_u, n_i]``."""
+        if items is None:
+            s = u_emb @ i_emb.T
+            return s if self.item_bias is None else s + self.item_bias[None, :]
+        s = (u_emb * i_emb[items]).sum(1)
+        return s if self.item_bias is None else s + self.item_bias[items]
 
     def embed_new_users(self, user_x: torch.Tensor) -> torch.Tensor:
         """Embeddings of users not in the graph (cold start): features only, no neighbours."""
@@ -102,8 +141,8 @@ class HybridGNN(nn.Module):
             raise ValueError("this model has no user-feature encoder: it cannot embed unseen users")
         return self.user_mlp(user_x) / (self.layers + 1)
 
-    def churn_logit(self, user_emb: torch.Tensor, user_x: torch.Tensor | None) -> torch.Tensor:
+    def churn_logit(self, churn_x: torch.Tensor) -> torch.Tensor:
+        """Churn logit per customer from its encoded features (all of them, holdings included)."""
         if self.churn is None:
             raise ValueError("this model was built without a churn head")
-        parts = [user_emb] if user_x is None else [user_emb, user_x]
-        return self.churn(torch.cat(parts, dim=1)).squeeze(1)
+        return self.churn(churn_x).squeeze(1)

@@ -1,0 +1,355 @@
+"""One training run end to end: feature store -> graph -> Ray Train -> evaluation -> MLflow bundle.
+
+:func:`run_training` is what ``nba train`` calls:
+
+1. the graph at ``as_of`` from the live store version and the features of that date (materialized
+   ones when fresh, else computed point-in-time); a share of the last 90 days' acquisitions is held
+   out of it for validation and early stopping;
+2. churn examples: features at ``as_of - horizon`` and churn in the horizon after;
+3. training (Ray Train's TorchTrainer, or in-process);
+4. embeddings of the full graph and churn probabilities at ``as_of``, saved as the bundle;
+5. a temporal evaluation when the store holds the ``horizon_days`` after ``as_of``: product openings
+   in that window (recall / precision / NDCG @K of the model and of popularity) and churn (ROC AUC,
+   PR AUC, calibration);
+6. an MLflow run with the resolved config, per-epoch metrics, the data snapshot, the code version,
+   plots and the bundle as a pyfunc model, registered as a new version of ``nba`` (``challenger``,
+   and ``champion`` on ``promote`` or when there is none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feature_store.materialize import available_as_of, manifest, read_features
+from feature_store.offline import compute_features, data_end, label_frame
+from feature_store.store import StoreVersion, TableStore
+from nba.errors import StoreError
+from nba.home import Home
+from nba.metrics import average_precision, calibration, ranking_metrics, roc_auc
+
+from .bundle import save_bundle
+from .config import RunConfig
+from .graph import BankGraph, build_graph
+from .loop import InteractionData, TrainResult, graph_adjacency
+from .model import HybridGNN
+
+
+@dataclass
+class Prepared:
+    graph: BankGraph
+    data: InteractionData  # validation pairs held out
+    full: InteractionData  # every edge (for the final embeddings)
+    as_of: date
+    version: StoreVersion
+    feature_hash: str
+    churn_rows: int = 0
+    churn_rate: float = float("nan")
+
+
+@dataclass
+class RunReport:
+    as_of: date
+    result: TrainResult
+    evaluation: dict | None
+    bundle_dir: Path
+    run_id: str | None = None
+    registered: object | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def _features(home: Home, version: StoreVersion, as_of: date) -> pd.DataFrame:
+    if as_of in available_as_of(home) and manifest(home, as_of).get("store_content_hash") == version.content_hash:
+        return read_features(home, as_of)
+    return compute_features(version, as_of)
+
+
+def frame_hash(df: pd.DataFrame) -> str:
+    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def default_as_of(home: Home) -> date:
+    dates = available_as_of(home)
+    if not dates:
+        raise StoreError(f"no materialized features under {home.features}: run `nba features materialize` "
+                         f"first, or pass --as-of")
+    return dates[-1]
+
+
+def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
+    version = TableStore(home.store).require_current()
+    as_of = as_of or default_as_of(home)
+    feats = _features(home, version, as_of)
+    if feats.empty:
+        raise StoreError(f"no customers onboarded before {as_of}: nothing to train on")
+    graph = build_graph(version, feats, as_of)
+    weights = {"asked_about": cfg.data.enquiry_weight}
+    data = graph.interactions(weights, valid_share=cfg.data.valid_share, seed=cfg.data.valid_seed)
+    full = graph.interactions(weights)
+    prepared = Prepared(graph, data, full, as_of, version, frame_hash(feats))
+    # Churn examples: features a horizon ago, churn within the horizon that followed.
+    h = cfg.data.churn_horizon_days
+    past = as_of - timedelta(days=h)
+    labels = label_frame(version, past, h)
+    if len(labels):
+        past_feats = _features(home, version, past).merge(labels[["customer_id", "label_churn"]], on="customer_id")
+        y = past_feats["label_churn"].astype(bool).to_numpy()
+        if 0 < y.sum() < len(y):
+            data.churn_x = graph.encoder.transform(past_feats)
+            data.churn = y.astype(np.float32)
+            prepared.churn_rows, prepared.churn_rate = len(y), float(y.mean())
+    return prepared
+
+
+@torch.no_grad()
+def embed(model: HybridGNN, prepared: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """User and item embeddings over the full graph, and churn probabilities at as_of."""
+    model = model.eval().cpu()
+    full = prepared.full
+    adj = graph_adjacency(full, torch.device("cpu"))
+    ux = torch.from_numpy(full.user_x) if model.user_mlp is not None else None
+    ix = torch.from_numpy(full.item_x) if model.item_mlp is not None else None
+    u, i, _, _ = model(adj, ux, ix)
+    churn = None
+    if model.churn is not None:
+        churn = torch.sigmoid(model.churn_logit(torch.from_numpy(full.churn_x))).numpy()
+    return u.numpy(), i.numpy(), churn
+
+
+def _top(scores: np.ndarray, held_u: np.ndarray, held_i: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    look = np.full(int(max(held_u.max(initial=0), rows.max(initial=0))) + 1, -1)
+    look[rows] = np.arange(len(rows))
+    mine = held_u < len(look)
+    r = look[held_u[mine]]
+    ok = r >= 0
+    scores = scores.copy()
+    scores[r[ok], held_i[mine][ok]] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
+             churn: np.ndarray | None, horizon_days: int, ks: list[int]) -> dict | None:
+    """Temporal evaluation on the ``horizon_days`` after as_of, or None when the store lacks them."""
+    end = data_end(prepared.version)
+    if prepared.as_of + timedelta(days=horizon_days) > end:
+        return None
+    labels = label_frame(prepared.version, prepared.as_of, horizon_days)
+    labels = labels.set_index("customer_id").reindex(prepared.graph.customer_ids)
+    full = prepared.full
+    n_items = full.num_items
+    held = set(zip(full.train_users.tolist(), full.train_items.tolist()))
+    pidx = {p: j for j, p in enumerate(prepared.graph.product_ids)}
+    tu, ti = [], []
+    for row, products in enumerate(labels["label_opened_products"].fillna("").to_numpy()):
+        for p in filter(None, products.split("|")):
+            if p in pidx and (row, pidx[p]) not in held:  # new to the customer at as_of
+                tu.append(row), ti.append(pidx[p])
+    tu, ti = np.array(tu, np.int64), np.array(ti, np.int64)
+    out: dict = {"horizon_days": horizon_days, "eval_from": str(prepared.as_of),
+                 "eval_to": str(prepared.as_of + timedelta(days=horizon_days))}
+    k = max(ks)
+    if len(tu):
+        users = np.unique(tu)
+        look = np.full(full.num_users, -1)
+        look[users] = np.arange(len(users))
+        scores = user_emb[users] @ item_emb.T + item_bias[None, :]
+        top = _top(scores, full.train_users, full.train_items, users, k)
+        pop = np.bincount(full.train_items, minlength=n_items).astype(float)
+        pop_top = _top(np.tile(pop, (len(users), 1)), full.train_users, full.train_items, users, k)
+        for name, t in (("model", top), ("popularity", pop_top)):
+            m = ranking_metrics(t, look[tu], ti, n_items, ks=tuple(ks))
+            out[name] = {key: v for key, v in m.items() if "@" in key}
+        out["customers_with_openings"] = int(len(users))
+        out["openings"] = int(len(tu))
+    if churn is not None:
+        y = labels["label_churn"].fillna(False).astype(bool).to_numpy()
+        if 0 < y.sum() < len(y):
+            cal = calibration(y, churn)
+            out["churn"] = {"roc_auc": roc_auc(y, churn), "pr_auc": average_precision(y, churn),
+                            "base_rate": float(y.mean()), "mean_predicted": float(churn.mean()),
+                            "ece": cal["ece"], "calibration": cal}
+    return out
+
+
+def _plots(history: list[dict], evaluation: dict | None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figs = {}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ep = [h["epoch"] for h in history]
+    ax[0].plot(ep, [h["loss"] for h in history], marker="o")
+    ax[0].set(title="training loss", xlabel="epoch")
+    for key in sorted({k for h in history for k in h if k.startswith("val_recall") or k.startswith("val_ndcg")}):
+        ax[1].plot([h["epoch"] for h in history if key in h], [h[key] for h in history if key in h], label=key)
+    ax[1].set(title="validation", xlabel="epoch")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    figs["metric_curves.png"] = fig
+    if evaluation and "churn" in evaluation:
+        cal = evaluation["churn"]["calibration"]
+        fig, ax = plt.subplots(figsize=(4, 4))
+        bins = cal["bins"]
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o")
+        ax.set(title=f"churn calibration (ECE {cal['ece']:.3f})", xlabel="predicted", ylabel="observed")
+        fig.tight_layout()
+        figs["churn_calibration.png"] = fig
+    return figs
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _metric_name(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promote: bool = False,
+                 config_path: Path | None = None, log=print, fault_injection: dict | None = None,
+                 use_mlflow: bool = True) -> RunReport:
+    from . import registry
+    from .bundle import NBAPyfunc
+    from .trainer import fit
+
+    home.ensure()
+    seconds = {}
+    t = time.perf_counter()
+    prepared = prepare(home, cfg, as_of)
+    seconds["prepare"] = time.perf_counter() - t
+    d = prepared.data
+    log(f"graph at {prepared.as_of}: {d.num_users:,} customers, {d.num_items} products, "
+        f"{len(d.train_users):,} positive edges, {0 if d.valid_users is None else len(d.valid_users):,} held out "
+        f"for validation; churn examples {prepared.churn_rows:,} (rate {prepared.churn_rate:.3f})")
+
+    import mlflow
+    run = None
+    if use_mlflow:
+        exp_id = registry.setup(home, cfg.mlflow.experiment)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.model.kind}-{prepared.as_of}")
+    try:
+        if run is not None:
+            mlflow.log_params({k: str(v) for k, v in _flat(cfg.model_dump()).items()})
+            mlflow.set_tags({"as_of": str(prepared.as_of), "store_version": prepared.version.name,
+                             "store_content_hash": prepared.version.content_hash,
+                             "feature_hash": prepared.feature_hash, "code_version": registry.code_version(),
+                             "config_file": str(config_path or "")})
+            mlflow.log_dict(cfg.model_dump(), "config/resolved.json")
+
+        def on_epoch(epoch: int, metrics: dict) -> None:
+            val = {k: v for k, v in metrics.items() if k.startswith("val_") and "@" in k}
+            log(f"epoch {epoch:3d}  loss {metrics['loss']:.4f}  {metrics['epoch_seconds']:.1f} s  "
+                + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            if run is not None:
+                mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items()
+                                    if isinstance(v, (int, float)) and k != "epoch"}, step=epoch)
+
+        t = time.perf_counter()
+        result = fit(cfg.model, d, cfg.ray, home.root / "ray_results",
+                     f"train-{prepared.as_of}-{int(time.time())}", on_epoch=on_epoch,
+                     fault_injection=fault_injection)
+        seconds["train"] = time.perf_counter() - t
+        log(f"trained in {seconds['train']:.1f} s; best epoch {result.best_epoch}")
+
+        t = time.perf_counter()
+        user_emb, item_emb, churn = embed(result.model, prepared)
+        bias = (result.model.item_bias.detach().numpy() if result.model.item_bias is not None
+                else np.zeros(d.num_items, np.float32))
+        evaluation = evaluate(prepared, user_emb, item_emb, bias, churn, cfg.evaluation.horizon_days, cfg.evaluation.ks)
+        seconds["evaluate"] = time.perf_counter() - t
+        _log_evaluation(evaluation, log)
+
+        m = result.model
+        model_args = {"num_users": m.num_users, "num_items": m.num_items, "dim": m.dim, "layers": m.layers,
+                      "user_features": 0 if m.user_mlp is None else d.user_x.shape[1],
+                      "item_features": 0 if m.item_mlp is None else d.item_x.shape[1],
+                      "use_ids": m.item_id is not None, "hidden": cfg.model.hidden,
+                      "churn_head": m.churn is not None, "user_ids": m.user_id is not None,
+                      "item_bias": m.item_bias is not None,
+                      "churn_features": None if d.churn_x is None else d.churn_x.shape[1]}
+        meta = {"as_of": str(prepared.as_of), "config": cfg.model_dump(), "store_version": prepared.version.name,
+                "store_content_hash": prepared.version.content_hash, "feature_hash": prepared.feature_hash,
+                "code_version": registry.code_version(), "best_epoch": result.best_epoch,
+                "rec_columns": prepared.graph.rec_columns.tolist(), "evaluation": evaluation,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        held = np.stack([prepared.full.train_users, prepared.full.train_items])
+        bundle_dir = Path(tempfile.mkdtemp(prefix="nba-bundle-")) / "bundle"
+        save_bundle(bundle_dir, model=m, model_args=model_args, meta=meta, customer_ids=prepared.graph.customer_ids,
+                    product_ids=prepared.graph.product_ids, encoder=prepared.graph.encoder, user_emb=user_emb,
+                    item_emb=item_emb, churn=churn, held=held)
+        report = RunReport(prepared.as_of, result, evaluation, bundle_dir, seconds=seconds)
+        if run is None:
+            return report
+
+        if evaluation:
+            flat = {k: v for k, v in _flat({"test": {k2: v2 for k2, v2 in evaluation.items()
+                                                     if k2 in ("model", "popularity", "churn")}}).items()
+                    if isinstance(v, (int, float)) and "calibration" not in k}
+            mlflow.log_metrics({_metric_name(k): float(v) for k, v in flat.items()})
+            mlflow.log_dict(evaluation, "evaluation/evaluation.json")
+        for name, fig in _plots(result.history, evaluation).items():
+            mlflow.log_figure(fig, f"plots/{name}")
+        mlflow.log_dict({"history": result.history}, "evaluation/history.json")
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+        from mlflow.types.schema import ParamSchema, ParamSpec
+        signature = ModelSignature(
+            inputs=Schema([ColSpec("string", "customer_id")]),
+            outputs=Schema([ColSpec("string", "customer_id"), ColSpec("long", "rank"), ColSpec("string", "product_id"),
+                            ColSpec("double", "score"), ColSpec("double", "churn_probability", required=False)]),
+            params=ParamSchema([ParamSpec("k", "long", 5)]))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=NBAPyfunc(), artifacts={"bundle": str(bundle_dir)},
+            registered_model_name=cfg.mlflow.registered_model, signature=signature,
+            pip_requirements=["nba-engine", "mlflow", "torch", "numpy", "pandas"])
+        report.run_id = run.info.run_id
+        report.registered = registry.register(cfg.mlflow.registered_model, info.registered_model_version,
+                                              run.info.run_id, promote)
+        log(f"MLflow run {run.info.run_id}: registered {cfg.mlflow.registered_model} version "
+            f"{report.registered.version} as {', '.join(report.registered.aliases)}")
+        mlflow.end_run()
+        return report
+    except BaseException:
+        if run is not None:
+            mlflow.end_run(status="FAILED")
+        raise
+
+
+def _log_evaluation(evaluation: dict | None, log) -> None:
+    if evaluation is None:
+        log("evaluation: skipped, the store does not yet hold the horizon after as_of "
+            "(train at an earlier --as-of for a backtest)")
+        return
+    log(f"evaluation on openings {evaluation['eval_from']} .. {evaluation['eval_to']} "
+        f"({evaluation.get('openings', 0):,} openings by {evaluation.get('customers_with_openings', 0):,} customers):")
+    if "model" in evaluation:
+        for key in evaluation["model"]:
+            if key.startswith(("recall", "ndcg")):
+                log(f"  {key:10s} model {evaluation['model'][key]:.4f}   popularity {evaluation['popularity'][key]:.4f}")
+    if "churn" in evaluation:
+        c = evaluation["churn"]
+        log(f"  churn: ROC AUC {c['roc_auc']:.4f}, PR AUC {c['pr_auc']:.4f} (base rate {c['base_rate']:.4f}), "
+            f"ECE {c['ece']:.4f}")
+
+
+def summary(report: RunReport) -> str:
+    return json.dumps({"as_of": str(report.as_of), "run_id": report.run_id,
+                       "evaluation": report.evaluation}, default=str, indent=2)
