@@ -27,7 +27,12 @@ from datetime import date
 from pathlib import Path
 
 from feature_store.ingest import ingest
-from feature_store.materialize import documents, materialize, online_store, read_features
+from feature_store.materialize import (
+    documents,
+    materialize,
+    online_store,
+    read_features,
+)
 from feature_store.online import RedisOnlineStore
 from feature_store.store import TableStore
 from nba.home import Home

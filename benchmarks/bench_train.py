@@ -1,10 +1,13 @@
-"""Benchmark: training epoch time and edges/s of the plain loop on the bank graph.
+"""Benchmark: training epoch time and edges/s on the bank graph, plain loop (what each Ray worker runs).
 
-    python benchmarks/bench_train.py --home DIR [--as-of 2026-11-01] [--batch-sizes 8192,65536] [--kinds nba,lightgcn]
+    python benchmarks/bench_train.py --customers 100000 [--home DIR] [--kinds nba,lightgcn] [--epochs 2]
 
-DIR is an NBA_HOME whose store holds a bank (e.g. the one bench_features.py builds). Times graph
-building, then one epoch of BPR per (kind, batch size): every step propagates the full graph.
-The device is the same resolve_device() the loop uses: a GPU when present.
+Without --home it generates, ingests and materializes a synthetic bank of --customers in a temporary
+NBA_HOME (or reuses DIR when given and already filled). Then it prepares the graph as ``nba train``
+does (features, graph, validation hold-out, churn examples) and trains ``--epochs`` epochs per kind
+with configs/train.yaml, printing per epoch: seconds, target pairs/s (BPR pairs trained on) and graph
+edges/s (positive edges of the graph per second of epoch: every step propagates all of them), plus
+peak RSS. The device is resolve_device(): a GPU when present.
 """
 
 from __future__ import annotations
@@ -12,50 +15,63 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
 
-from feature_store.materialize import available_as_of, read_features
-from feature_store.offline import compute_features
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from feature_store.ingest import ingest
+from feature_store.materialize import available_as_of, materialize
 from feature_store.store import TableStore
 from nba.device import resolve_device
 from nba.home import Home
-from training.graph import build_graph
-from training.loop import TrainConfig, train_loop
+from nba.synthetic import generate
+from training.config import load_run_config
+from training.loop import train_loop
+from training.pipeline import prepare
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--home", type=Path, required=True)
-    ap.add_argument("--as-of", type=date.fromisoformat, default=None)
-    ap.add_argument("--batch-sizes", default="8192,65536")
+    ap.add_argument("--customers", type=int, default=100_000)
+    ap.add_argument("--home", type=Path, default=None)
     ap.add_argument("--kinds", default="nba,lightgcn")
-    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
     args = ap.parse_args()
 
-    home = Home.resolve(args.home)
-    version = TableStore(home.store).require_current()
-    as_of = args.as_of or available_as_of(home)[-1]
+    home = Home.resolve(args.home or tempfile.mkdtemp(prefix="nba-bench-train-")).ensure()
+    if not available_as_of(home):
+        t = time.perf_counter()
+        generate(args.customers, seed=42, as_of=date(2026, 11, 1), out=home.synthetic)
+        ingest(home.synthetic, TableStore(home.store))
+        materialize(home)
+        print(f"bank of {args.customers:,} customers ready in {time.perf_counter() - t:.0f} s ({home.root})")
     device = resolve_device()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; as_of {as_of}")
-    t0 = time.perf_counter()
-    feats = read_features(home, as_of) if as_of in available_as_of(home) else compute_features(version, as_of)
-    graph = build_graph(version, feats, as_of)
-    data = graph.interactions()
-    print(f"graph: {data.num_users:,} customers, {data.num_items} products, {len(data.train_users):,} positive "
-          f"edges, {len(data.extra_users):,} enquiry edges, built in {time.perf_counter() - t0:.1f} s")
+    cfg, _ = load_run_config(None, ["ray.enabled=false", *args.set])
+    t = time.perf_counter()
+    prep = prepare(home, cfg)
+    d = prep.data
+    print(f"device: {name}; graph at {prep.as_of}: {d.num_users:,} customers, {d.num_items} products, "
+          f"{len(d.train_users):,} positive edges + {len(d.extra_users):,} enquiry edges, "
+          f"{prep.churn_rows:,} churn examples; prepared in {time.perf_counter() - t:.1f} s")
     for kind in args.kinds.split(","):
-        for bs in map(int, args.batch_sizes.split(",")):
-            cfg = TrainConfig(kind=kind, epochs=1, batch_size=bs, dim=args.dim)
-            r = train_loop(cfg, data)
-            h = r.history[0]
-            print(f"{kind:8s} batch {bs:>6,}: epoch {h['epoch_seconds']:.1f} s, "
-                  f"{h['edges_per_second']:,.0f} positive edges/s, loss {h['loss']:.4f}, "
-                  f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+        mcfg = cfg.model.model_copy(update={"kind": kind, "epochs": args.epochs, "eval_every": 10_000})
+        r = train_loop(mcfg, d)
+        for h in r.history:
+            print(f"{kind:8s} epoch {h['epoch']}: {h['epoch_seconds']:.1f} s, {h['edges_per_second']:,.0f} target "
+                  f"pairs/s, {len(d.train_users) / h['epoch_seconds']:,.0f} graph edges/s, loss {h['loss']:.4f}")
+        print(f"{kind:8s} peak RSS so far {rss_mb():,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,17 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table as RichTable
 
 from nba.errors import DataValidationError, NBAError
@@ -45,7 +51,7 @@ state = _State()
 
 @app.callback()
 def _main(
-    home: Annotated[Optional[Path], typer.Option(
+    home: Annotated[Path | None, typer.Option(
         "--home", help="Data folder (default: $NBA_HOME, else ./.nba).", show_default=False)] = None,
 ) -> None:
     state.home = Home.resolve(home)
@@ -73,11 +79,11 @@ def _parse_date(value: str | None, option: str) -> date | None:
 def data_generate(
     customers: Annotated[int, typer.Option("--customers", "-n", min=1, help="Number of customers.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 42,
-    as_of: Annotated[Optional[str], typer.Option(
+    as_of: Annotated[str | None, typer.Option(
         "--as-of", help="First day after the history, YYYY-MM-DD (default: today).")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option(
+    out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Output folder (default: $NBA_HOME/synthetic).")] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Processes (default: all cores).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes (default: all cores).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
 ) -> None:
     """Write a synthetic bank (every contract table as Parquet) plus the truth of the next 90 days."""
@@ -154,11 +160,11 @@ def _state_config(path: Path | None):
 
 @features_app.command("materialize")
 def features_materialize(
-    as_of: Annotated[Optional[str], typer.Option(
+    as_of: Annotated[str | None, typer.Option(
         "--as-of", help="YYYY-MM-DD (default: the day after the store's latest event).")] = None,
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         "--config", help="YAML with a 'state:' section (default: configs/features.yaml if present).")] = None,
-    online: Annotated[Optional[str], typer.Option(
+    online: Annotated[str | None, typer.Option(
         "--online", help="Online store URL (default: $NBA_ONLINE_STORE, else SQLite in NBA_HOME).")] = None,
 ) -> None:
     """Compute features and customer state at as_of, write them (Parquet) and fill the online store."""
@@ -176,10 +182,10 @@ def features_materialize(
 @features_app.command("get")
 def features_get(
     customer_id: Annotated[str, typer.Argument(help="The customer's id.")],
-    as_of: Annotated[Optional[str], typer.Option(
+    as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Read the offline features of this date instead of the live online store.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    online: Annotated[Optional[str], typer.Option("--online", help="Online store URL.")] = None,
+    online: Annotated[str | None, typer.Option("--online", help="Online store URL.")] = None,
 ) -> None:
     """Print one customer's features and state (online store, or offline with --as-of)."""
     import json
@@ -218,12 +224,12 @@ def features_get(
 
 @app.command("train")
 def train(
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Training config (default: configs/train.yaml).", show_default=False)] = None,
-    as_of: Annotated[Optional[str], typer.Option(
+    as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Train on the graph at this date, YYYY-MM-DD (default: latest materialized features).",
         show_default=False)] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option(
+    overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value: section.key=value (repeatable).", show_default=False)] = None,
     promote: Annotated[bool, typer.Option(
         "--promote", help="Also make the new version the champion.")] = False,
@@ -259,7 +265,8 @@ def models_list(
     for v in versions:
         run = client.get_run(v.run_id) if v.run_id else None
         m = run.data.metrics if run else {}
-        t.add_row(v.version, ", ".join(v.aliases), (run.data.tags.get("as_of", "") if run else ""),
+        aliases = client.get_model_version(name, v.version).aliases
+        t.add_row(str(v.version), ", ".join(aliases), (run.data.tags.get("as_of", "") if run else ""),
                   _fmt(m.get("test.model.recall_at_5")), _fmt(m.get("test.popularity.recall_at_5")),
                   _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
     out.print(t)
@@ -293,7 +300,8 @@ def demo(
     customers: Annotated[int, typer.Option("--customers", "-n", min=1)] = 20_000,
     seed: Annotated[int, typer.Option()] = 42,
 ) -> None:
-    """Run the main job end to end on embedded defaults: generate a bank, ingest it, materialize features."""
+    """Run the main job end to end on embedded defaults: generate a bank, ingest it, materialize features,
+    train (a backtest with its evaluation, then the production model), register in MLflow."""
     home = state.home.ensure()
     out.rule("[bold]1. synthetic bank")
     data_generate(customers=customers, seed=seed, as_of=None, out_dir=home.synthetic, workers=None,
@@ -303,7 +311,18 @@ def demo(
     out.rule("[bold]3. features, customer state, online store")
     features_materialize(as_of=None, config=None, online=None)
     _show_states(home)
-    out.print(f"[green]demo complete[/green]: everything lives in {home.root}")
+    from datetime import timedelta
+
+    from feature_store.materialize import available_as_of
+    latest = available_as_of(home)[-1]
+    backtest = latest - timedelta(days=90)
+    out.rule(f"[bold]4. train a backtest model at {backtest} (Ray Train), evaluate on the 90 days after, MLflow")
+    train(config=None, as_of=backtest.isoformat(), overrides=None, promote=False, no_ray=False)
+    out.rule(f"[bold]5. train the production model at {latest}, register it as champion")
+    train(config=None, as_of=latest.isoformat(), overrides=None, promote=True, no_ray=False)
+    models_list(name="nba")
+    out.print(f"[green]demo complete[/green]: everything lives in {home.root}; MLflow UI: "
+              f"mlflow ui --backend-store-uri sqlite:///{home.mlflow_db}")
 
 
 def _show_states(home: Home) -> None:

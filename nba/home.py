@@ -19,11 +19,11 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
+    def resolve(cls, home: str | os.PathLike | None = None) -> Home:
         raw = home if home is not None else os.environ.get(ENV_VAR) or DEFAULT
         return cls(Path(raw).expanduser().resolve())
 
-    def ensure(self) -> "Home":
+    def ensure(self) -> Home:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
 

@@ -53,7 +53,7 @@ def _obj(rule: pd.Series, facts: dict[str, pd.Series | None], masks: dict[str, n
 def identify(df: pd.DataFrame, cfg: StateConfig) -> pd.DataFrame:
     """Add lifecycle_stage, health_score, complaint_state, emotional_state and state_evidence."""
     n = len(df)
-    f = lambda name: pd.to_numeric(df[name], errors="coerce").astype("float64")  # noqa: E731
+    f = lambda name: pd.to_numeric(df[name], errors="coerce").astype("float64")
     tenure, n_products = f("tenure_days"), f("n_products")
     trend90 = f("total_assets_trend_90d")
     since_contact, since_out = f("days_since_last_contact"), f("days_since_last_outbound")

@@ -27,11 +27,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa

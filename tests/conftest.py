@@ -53,12 +53,12 @@ def store(tmp_path) -> TableStore:
 # -------------------------------------------------------------------------------------------------
 # Redis: a private redis-server for the test session (CI installs Debian's redis-server).
 
-import os  # noqa: E402
-import shutil as _shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+import os
+import shutil as _shutil
+import socket
+import subprocess
+import time
+import uuid
 
 
 def _free_port() -> int:
@@ -105,3 +105,17 @@ def online_url(request, tmp_path, monkeypatch):
     url = request.getfixturevalue("redis_url")
     monkeypatch.setenv("NBA_ONLINE_PREFIX", f"test:{uuid.uuid4().hex[:8]}")
     return url
+
+
+# -------------------------------------------------------------------------------------------------
+# Ray: one local Ray for the whole test session (its start costs ~30 s), with few CPUs.
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

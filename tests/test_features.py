@@ -39,15 +39,15 @@ def tiny_home(tmp_path_factory) -> Home:
     """Four customers whose features at 2026-06-01 are worked out by hand below."""
     statics, _ = _static_tables(10, seed=1)
     products = statics["products"].to_pylist()
-    cust = lambda cid, born, onboarded, **kw: {  # noqa: E731
+    cust = lambda cid, born, onboarded, **kw: {
         "customer_id": cid, "birth_date": born, "segment": "mass", "income_band": "middle",
         "risk_tolerance": 3, "risk_assessed_at": "2025-09-01", "onboarded_at": onboarded, "rm_id": "RM1",
         "vulnerable": False, **kw}
-    hold = lambda c, p, o, bal, closed="", mat="": {"customer_id": c, "product_id": p, "opened_at": o,  # noqa: E731
+    hold = lambda c, p, o, bal, closed="", mat="": {"customer_id": c, "product_id": p, "opened_at": o,
                                                    "closed_at": closed, "balance": bal, "maturity_date": mat}
-    txn = lambda i, c, p, ts, amt: {"transaction_id": i, "customer_id": c, "product_id": p, "ts": ts,  # noqa: E731
+    txn = lambda i, c, p, ts, amt: {"transaction_id": i, "customer_id": c, "product_id": p, "ts": ts,
                                     "amount": amt, "kind": "payment"}
-    inter = lambda i, c, ts, ch, d, s, outcome="completed": {  # noqa: E731
+    inter = lambda i, c, ts, ch, d, s, outcome="completed": {
         "interaction_id": i, "customer_id": c, "ts": ts, "channel": ch, "direction": d, "kind": "service",
         "outcome": outcome, "sentiment": s, "product_id": ""}
     tables = {

@@ -7,9 +7,13 @@ import threading
 import orjson
 import pytest
 
-from feature_store.online import RedisOnlineStore, SQLiteOnlineStore, batches, open_online_store
+from feature_store.online import (
+    RedisOnlineStore,
+    SQLiteOnlineStore,
+    batches,
+    open_online_store,
+)
 from nba.errors import ConfigError, StoreError
-
 
 COLS = ["customer_id", "v", "i"]
 

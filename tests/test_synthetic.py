@@ -123,7 +123,7 @@ def test_co_holding_and_life_stage_shape_what_is_bought_next(bank):
 
     age = (pd.Timestamp(AS_OF) - pd.to_datetime(cust.birth_date)).dt.days / 365.25
     holders = hold.groupby("customer_id").product_id.agg(set)
-    has = lambda p: pop.map(lambda c: p in holders.get(c, ()))  # noqa: E731
+    has = lambda p: pop.map(lambda c: p in holders.get(c, ()))
     assert np.asarray(has("MORTGAGE"))[age.values > 70].mean() < np.asarray(has("MORTGAGE"))[
         (age.values > 35) & (age.values < 50)].mean()
 

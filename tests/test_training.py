@@ -64,7 +64,7 @@ def test_loss_falls_and_runs_repeat(graph, kind):
     cfg = TrainConfig(kind=kind, epochs=4, batch_size=2048, dim=16, hidden=32, seed=3)
     first = train_loop(cfg, data)
     losses = [h["loss"] for h in first.history]
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.85 * losses[0]
     again = train_loop(cfg, data)
     assert [h["loss"] for h in again.history] == pytest.approx(losses, rel=1e-5), "seeded CPU runs repeat"
 

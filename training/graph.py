@@ -56,7 +56,7 @@ class FeatureEncoder:
     flags: list[str]
 
     @classmethod
-    def fit(cls, df: pd.DataFrame) -> "FeatureEncoder":
+    def fit(cls, df: pd.DataFrame) -> FeatureEncoder:
         numeric = [c for c in df.columns if c not in _NOT_INPUTS and c not in _CATEGORICAL
                    and c in F.COLUMNS and F.FEATURES.get(c, F.STATE.get(c, ("str",)))[0] in ("int", "float", "bool")]
         categorical = {c: sorted(map(str, df[c].dropna().unique())) for c in _CATEGORICAL if c in df}

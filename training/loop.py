@@ -11,8 +11,8 @@ hard negatives. Validation ranking runs each ``eval_every`` epochs, with early s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -36,13 +36,15 @@ class TrainConfig(BaseModel):
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-4, ge=0, description="L2 on layer-0 embeddings of the batch (BPR reg)")
     epochs: int = Field(40, ge=1)
-    batch_size: int = Field(8192, ge=16, description="positives per step and worker")
+    batch_size: int = Field(8192, ge=16, description="positives per step and worker (at most)")
+    min_steps_per_epoch: int = Field(8, ge=1, description=(
+        "smaller batches when an epoch would otherwise take fewer steps (small graphs)"))
     id_dropout: float = Field(0.0, ge=0, lt=1, description="share of user ID embeddings zeroed per step")
     user_ids: bool = Field(False, description=(
         "learn a free embedding per user; off, a user is its features plus its graph neighbourhood "
         "(the kind 'lightgcn' always has them)"))
     item_bias: bool = Field(True, description="learned per-item score offset (carries popularity)")
-    target_share: float = Field(0.2, ge=0, lt=1, description=(
+    target_share: float = Field(0.3, ge=0, lt=1, description=(
         "masked-edge training: each epoch this share of the positive edges leaves the graph and becomes "
         "the BPR targets, so the model learns to predict links it cannot see (0: classic LightGCN)"))
     hard_negative_share: float = Field(0.2, ge=0, le=1)
@@ -238,7 +240,8 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
             adj, targets = full_adj, np.arange(len(data.train_users))
         perm = rng.permutation(targets)
         churn_perm = rng.permutation(len(data.churn)) if use_churn else None
-        global_batch = cfg.batch_size * world
+        batch = min(cfg.batch_size, max(64, -(-len(perm) // (cfg.min_steps_per_epoch * world))))
+        global_batch = batch * world
         steps = max(1, -(-len(perm) // global_batch))
         total = 0.0
         for step in range(steps):

@@ -169,8 +169,8 @@ def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, ite
         for name, t in (("model", top), ("popularity", pop_top)):
             m = ranking_metrics(t, look[tu], ti, n_items, ks=tuple(ks))
             out[name] = {key: v for key, v in m.items() if "@" in key}
-        out["customers_with_openings"] = int(len(users))
-        out["openings"] = int(len(tu))
+        out["customers_with_openings"] = len(users)
+        out["openings"] = len(tu)
     if churn is not None:
         y = labels["label_churn"].fillna(False).astype(bool).to_numpy()
         if 0 < y.sum() < len(y):
@@ -255,9 +255,9 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
             mlflow.log_dict(cfg.model_dump(), "config/resolved.json")
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            val = {k: v for k, v in metrics.items() if k.startswith("val_") and "@" in k}
-            log(f"epoch {epoch:3d}  loss {metrics['loss']:.4f}  {metrics['epoch_seconds']:.1f} s  "
-                + "  ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            key = f"val_{cfg.model.early_stop_metric}"
+            val = f"  {key} {metrics[key]:.4f}" if key in metrics else ""
+            log(f"epoch {epoch:3d}  loss {metrics['loss']:.4f}  {metrics['epoch_seconds']:.1f} s{val}")
             if run is not None:
                 mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items()
                                     if isinstance(v, (int, float)) and k != "epoch"}, step=epoch)
@@ -316,10 +316,13 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
             outputs=Schema([ColSpec("string", "customer_id"), ColSpec("long", "rank"), ColSpec("string", "product_id"),
                             ColSpec("double", "score"), ColSpec("double", "churn_probability", required=False)]),
             params=ParamSchema([ParamSpec("k", "long", 5)]))
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=NBAPyfunc(), artifacts={"bundle": str(bundle_dir)},
-            registered_model_name=cfg.mlflow.registered_model, signature=signature,
-            pip_requirements=["nba-engine", "mlflow", "torch", "numpy", "pandas"])
+        import warnings
+        with warnings.catch_warnings():  # the input-example advice: our signature is explicit
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=NBAPyfunc(), artifacts={"bundle": str(bundle_dir)},
+                registered_model_name=cfg.mlflow.registered_model, signature=signature,
+                pip_requirements=["nba-engine", "mlflow", "torch", "numpy", "pandas"])
         report.run_id = run.info.run_id
         report.registered = registry.register(cfg.mlflow.registered_model, info.registered_model_version,
                                               run.info.run_id, promote)

@@ -27,8 +27,8 @@ def tracking_uri(home: Home) -> str:
 
 def setup(home: Home, experiment: str) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
+    _quiet()
     import mlflow
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     mlflow.set_tracking_uri(tracking_uri(home))
     mlflow.set_registry_uri(tracking_uri(home))
     exp = mlflow.get_experiment_by_name(experiment)
@@ -36,6 +36,14 @@ def setup(home: Home, experiment: str) -> str:
         return exp.experiment_id
     location = None if os.environ.get("MLFLOW_TRACKING_URI") else home.artifacts.resolve().as_uri()
     return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def _quiet() -> None:
+    """No progress bars or advice banners from MLflow in our logs."""
+    import logging
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def code_version() -> str:
@@ -84,6 +92,7 @@ def load_registered(home: Home, alias_or_version: str = CHAMPION, name: str = "n
     The alias is resolved once, then that exact version is downloaded, so a concurrent promotion cannot
     hand back a different version than the one named. The bundle's schema version is checked.
     """
+    _quiet()
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

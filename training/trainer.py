@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -64,10 +65,12 @@ def _worker(config: dict) -> None:
                 torch.save(snapshot(), Path(tmp) / "state.pt")
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(_scalar_metrics(metrics), checkpoint=ckpt)
-        # Chaos drill / test hook: die hard once, right after the checkpoint of this epoch.
+        # Chaos drill / test hook: die hard once, a moment after the checkpoint of this epoch was
+        # reported (the moment lets Ray's controller register it, as it would during a next epoch).
         marker = fault.get("marker")
         if fault.get("kill_after_epoch") == epoch and marker and not os.path.exists(marker):
             Path(marker).write_text(str(epoch))
+            time.sleep(fault.get("delay_s", 3.0))
             os.kill(os.getpid(), signal.SIGKILL)
 
     train_loop(cfg, data, on_epoch=on_epoch, resume=resume)
@@ -96,7 +99,6 @@ def init_ray(ray_cfg: RayConfig) -> None:
 def fit(cfg: TrainConfig, data: InteractionData, ray_cfg: RayConfig, storage: Path, name: str,
         on_epoch=None, fault_injection: dict | None = None) -> TrainResult:
     """Train with ``ray_cfg`` (TorchTrainer) or in-process when Ray is disabled."""
-    import time
     t0 = time.perf_counter()
     if not ray_cfg.enabled:
         return train_loop(cfg, data, on_epoch=(lambda e, m, s: on_epoch(e, m)) if on_epoch else None)

@@ -1,0 +1,153 @@
+"""Issue 4 end to end: nba train on a tiny bank, temporal evaluation, MLflow bundle and registry,
+Ray Train with DDP and the worker-kill resume."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_store.ingest import ingest
+from feature_store.store import TableStore
+from nba.config import CONFIG_DIR
+from nba.errors import ConfigError
+from nba.home import Home
+from tests.conftest import AS_OF
+from training.bundle import BUNDLE_SCHEMA_VERSION, BundleError, load_bundle
+from training.config import RayConfig, load_run_config
+from training.loop import train_loop
+from training.pipeline import prepare, run_training
+from training.registry import load_registered
+from training.trainer import fit
+
+TRAIN_AS_OF = AS_OF - timedelta(days=90)  # the store holds the 90 days after it: a backtest
+
+
+@pytest.fixture(scope="module")
+def home(bank, tmp_path_factory) -> Home:
+    h = Home.resolve(tmp_path_factory.mktemp("trainhome")).ensure()
+    ingest(bank, TableStore(h.store))
+    return h
+
+
+def tiny(*overrides: str):
+    return load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", *overrides])[0]
+
+
+@pytest.fixture(scope="module")
+def first_run(home):
+    return run_training(home, tiny(), TRAIN_AS_OF, log=lambda m: None)
+
+
+def test_loss_falls_and_model_beats_popularity(first_run):
+    r = first_run
+    losses = [h["loss"] for h in r.result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    ev = r.evaluation
+    assert ev is not None and ev["openings"] > 300
+    for k in ("recall@5", "ndcg@5", "ndcg@3"):
+        assert ev["model"][k] > ev["popularity"][k], (k, ev["model"][k], ev["popularity"][k])
+    churn = ev["churn"]
+    assert churn["roc_auc"] > 0.75 and churn["pr_auc"] > 2 * churn["base_rate"]
+    assert churn["ece"] < 0.05, "churn probabilities are calibrated"
+
+
+def test_bundle_round_trips_through_mlflow(first_run, home):
+    import mlflow
+
+    bundle, version = load_registered(home, "champion")
+    assert version == first_run.registered.version == 1
+    assert set(first_run.registered.aliases) == {"challenger", "champion"}
+    local = load_bundle(first_run.bundle_dir)
+    assert np.array_equal(bundle.user_emb, local.user_emb) and bundle.customer_ids == local.customer_ids
+    assert bundle.meta["as_of"] == str(TRAIN_AS_OF) and bundle.meta["schema_version"] == BUNDLE_SCHEMA_VERSION
+    ids = bundle.customer_ids[:20]
+    recs = bundle.recommend(ids, k=3)
+    held = {(bundle.customer_ids[u], bundle.product_ids[i]) for u, i in bundle.held.T}
+    assert not any((c, p) in held for c, p in zip(recs.customer_id, recs.product_id))
+    # The pyfunc model gives the same answer as the bundle.
+    model = mlflow.pyfunc.load_model("models:/nba@champion")
+    pred = model.predict(pd.DataFrame({"customer_id": ids}), params={"k": 3})
+    assert pred[["customer_id", "product_id"]].equals(recs[["customer_id", "product_id"]])
+    assert pred["churn_probability"].between(0, 1).all()
+    # The run logged config, data snapshot, code version, per-epoch metrics and plots.
+    client = mlflow.MlflowClient()
+    run = client.get_run(first_run.run_id)
+    assert run.data.params["model.kind"] == "nba" and run.data.tags["as_of"] == str(TRAIN_AS_OF)
+    assert len(run.data.tags["store_content_hash"]) == 64 and run.data.tags["code_version"]
+    assert len(client.get_metric_history(first_run.run_id, "loss")) == len(first_run.result.history)
+    arts = {a.path for a in client.list_artifacts(first_run.run_id, "plots")}
+    assert {"plots/metric_curves.png", "plots/churn_calibration.png"} <= arts
+
+
+def test_aliases_challenger_and_champion(first_run, home):
+    second = run_training(home, tiny("model.epochs=2"), TRAIN_AS_OF, log=lambda m: None)
+    assert second.registered.version == 2 and second.registered.aliases == ["challenger"]
+    champ, v1 = load_registered(home, "champion")
+    chall, v2 = load_registered(home, "challenger")
+    assert (v1, v2) == (1, 2)
+    assert champ.meta["config"]["model"]["epochs"] != chall.meta["config"]["model"]["epochs"] == 2
+    third = run_training(home, tiny("model.epochs=1"), TRAIN_AS_OF, promote=True, log=lambda m: None)
+    assert set(third.registered.aliases) == {"challenger", "champion"}
+    assert load_registered(home, "champion")[1] == 3
+    assert load_registered(home, "2")[1] == 2
+    with pytest.raises(BundleError, match="no version or alias"):
+        load_registered(home, "nonesuch")
+
+
+def test_loader_checks_the_schema_version(first_run, tmp_path):
+    import shutil
+    bad = tmp_path / "bundle"
+    shutil.copytree(first_run.bundle_dir, bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    meta["schema_version"] = BUNDLE_SCHEMA_VERSION + 1
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="schema version"):
+        load_bundle(bad)
+
+
+def test_without_the_future_evaluation_is_skipped_not_invented(home):
+    cfg = tiny("model.epochs=1")
+    r = run_training(home, cfg, AS_OF - timedelta(days=10), log=lambda m: None, use_mlflow=False)
+    assert r.evaluation is None
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="model.epochz"):
+        load_run_config(None, ["model.epochz=3"])
+    with pytest.raises(ConfigError, match="model.lr"):
+        load_run_config(None, ["model.lr=-1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_run_config(None, ["nonsense"])
+
+
+@pytest.fixture(scope="module")
+def small_data(home):
+    cfg = tiny()
+    return prepare(home, cfg, TRAIN_AS_OF).data, cfg
+
+
+def test_ray_worker_killed_resumes_from_last_checkpoint(small_data, ray_session, tmp_path):
+    data, cfg = small_data
+    model_cfg = cfg.model.model_copy(update={"epochs": 4, "patience": 10})
+    trace, marker = tmp_path / "trace.txt", tmp_path / "killed"
+    result = fit(model_cfg, data, RayConfig(max_failures=1), tmp_path / "ray", "kill-test",
+                 fault_injection={"kill_after_epoch": 1, "marker": str(marker), "trace": str(trace)})
+    assert marker.exists(), "the worker was killed"
+    assert trace.read_text().split("\n")[:2] == ["start 0", "start 2"], "resumed at epoch 2, not 0"
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    plain = train_loop(model_cfg, data)
+    assert [h["loss"] for h in result.history] == pytest.approx([h["loss"] for h in plain.history], rel=1e-4), \
+        "a resumed run trains exactly as an uninterrupted one"
+
+
+def test_ray_ddp_two_workers(small_data, ray_session, tmp_path):
+    data, cfg = small_data
+    model_cfg = cfg.model.model_copy(update={"epochs": 2})
+    result = fit(model_cfg, data, RayConfig(num_workers=2, cpus_per_worker=1, max_failures=0),
+                 tmp_path / "ray", "ddp-test")
+    assert [h["workers"] for h in result.history] == [2, 2]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
