@@ -285,7 +285,7 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
                 stop = state["bad_epochs"] >= cfg.patience
         history.append(metrics)
         if on_epoch:
-            on_epoch(epoch, metrics, lambda e=epoch: snapshot(e + 1 if not stop else cfg.epochs))
+            on_epoch(epoch, metrics, lambda e=epoch, s=stop: snapshot(cfg.epochs if s else e + 1))
         if stop:
             break
     if best_weights is not None:

@@ -190,7 +190,7 @@ def _plots(history: list[dict], evaluation: dict | None):
     ep = [h["epoch"] for h in history]
     ax[0].plot(ep, [h["loss"] for h in history], marker="o")
     ax[0].set(title="training loss", xlabel="epoch")
-    for key in sorted({k for h in history for k in h if k.startswith("val_recall") or k.startswith("val_ndcg")}):
+    for key in sorted({k for h in history for k in h if k.startswith(("val_recall", "val_ndcg"))}):
         ax[1].plot([h["epoch"] for h in history if key in h], [h[key] for h in history if key in h], label=key)
     ax[1].set(title="validation", xlabel="epoch")
     ax[1].legend(fontsize=7)
