@@ -25,8 +25,10 @@ def _hits(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.ndarray, n_
 
 
 def ranking_metrics(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.ndarray, n_items: int,
-                    ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
-    """recall@K, precision@K and ndcg@K for each K in ``ks`` (K <= topk.shape[1])."""
+                    ks: tuple[int, ...] = (10, 20), with_map: bool = False) -> dict[str, float]:
+    """recall@K, precision@K and ndcg@K for each K in ``ks`` (K <= topk.shape[1]), averaged over the
+    users with at least one relevant item; with ``with_map``, also map@K: the sum of precision at each
+    hit within K divided by the user's number of relevant items (Recommenders' classic ``map_at_k``)."""
     topk = np.asarray(topk)
     truth_users, truth_items = np.asarray(truth_users), np.asarray(truth_items)
     if topk.ndim != 2:
@@ -51,6 +53,9 @@ def ranking_metrics(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.n
         out[f"recall@{k}"] = float(np.mean(n_hit / rel))
         out[f"precision@{k}"] = float(np.mean(n_hit / k))
         out[f"ndcg@{k}"] = float(np.mean(dcg / ideal))
+        if with_map:
+            prec_at_hit = np.cumsum(h, axis=1) / np.arange(1, k + 1) * h
+            out[f"map@{k}"] = float(np.mean(prec_at_hit.sum(axis=1) / rel))
     out["users_evaluated"] = int(evaluated.sum())
     return out
 
