@@ -35,6 +35,8 @@ app.add_typer(data_app, name="data")
 features_app = typer.Typer(help="Feature store: point-in-time features, customer state, online store.",
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
+bench_app = typer.Typer(help="Benchmarks on public data, side by side with peers.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 models_app = typer.Typer(help="Model registry (MLflow): versions, aliases, promotion.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -293,6 +295,34 @@ def models_promote(
 
 def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
+
+
+@bench_app.command("recsys")
+def bench_recsys(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder (LightGCN format or MovieLens 100K).")],
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="lightgcn or movielens (default: detected).", show_default=False)] = None,
+    models: Annotated[str | None, typer.Option(
+        "--models", help="Comma-separated: nba, lightgcn, pyg-lightgcn, als, pop (default: all).",
+        show_default=False)] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the results as JSON.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Settings (default: configs/recsys/<dataset>.yaml, else default.yaml).",
+        show_default=False)] = None,
+) -> None:
+    """Train and evaluate the project's models and their peers on one split, in this process."""
+    from training.recsys_bench import run
+
+    if fmt is not None and fmt not in ("lightgcn", "movielens"):
+        raise NBAError(f"--format {fmt!r}: expected lightgcn or movielens")
+    res = run(data, fmt, models.split(",") if models else None, out_file, config,
+              log=lambda m: out.print(m, highlight=False, markup=False))
+    names = sorted({k for r in res["models"].values() for k in r["metrics"]})
+    t = RichTable("model", *names, "train s", "peak RSS MB", "note", title=f"{res['dataset']} ({res['protocol']} protocol)")
+    for name, r in res["models"].items():
+        t.add_row(name, *[f"{r['metrics'].get(k, float('nan')):.4f}" for k in names], f"{r['train_seconds']:.1f}",
+                  f"{r['peak_rss_mb']:,.0f}", str(r.get("budget", "")))
+    out.print(t)
 
 
 @app.command("demo")
