@@ -109,3 +109,60 @@ def test_bad_config_is_rejected():
         TrainConfig(kind="transformer")
     with pytest.raises(ValueError, match="extra"):
         TrainConfig(epochz=3)
+
+
+def _naive_softmax_loss(model, adj, bu, bi):
+    """-log softmax over all items, one positive at a time (what the grouped loss must equal)."""
+    u_emb, i_emb, _, _ = model(adj)
+    total = 0.0
+    for u, i in zip(bu.tolist(), bi.tolist()):
+        logits = u_emb[u] @ i_emb.T + model.item_bias
+        total = total - torch.log_softmax(logits, 0)[i]
+    return total / len(bu)
+
+
+def test_softmax_loss_is_the_full_softmax_per_positive():
+    from training.loop import _Objective
+    torch.manual_seed(0)
+    n_u, n_i = 5, 7
+    users, items = torch.tensor([0, 0, 1, 2, 3, 4, 4]), torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    adj = normalized_adjacency(users, items, n_u, n_i)
+    model = HybridGNN(n_u, n_i, dim=8, layers=2, item_bias=True)
+    with torch.no_grad():
+        model.item_bias.normal_()
+    bu, bi = torch.tensor([4, 0, 4, 0, 2]), torch.tensor([5, 0, 6, 1, 3])  # users repeat, unsorted
+    cfg = TrainConfig(kind="lightgcn", loss="softmax", negatives=0, weight_decay=0)
+    full = _Objective(model, cfg)(adj, None, None, bu, bi, None)
+    assert full.item() == pytest.approx(_naive_softmax_loss(model, adj, bu, bi).item(), rel=1e-5)
+    # sampled: with every item as the shared negatives, the estimate adds the positive once more
+    sampled = _Objective(model, cfg.model_copy(update={"negatives": n_i}))(adj, None, None, bu, bi, torch.arange(n_i))
+    u_emb, i_emb, _, _ = model(adj)
+    lse = torch.logsumexp(u_emb[bu] @ i_emb.T + model.item_bias, 1)
+    pos = (u_emb[bu] * i_emb[bi]).sum(1) + model.item_bias[bi]
+    assert sampled.item() == pytest.approx((torch.logaddexp(pos, lse) - pos).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_softmax_training_learns_a_planted_structure(negatives):
+    # two groups of users, each with its own half of the items: the held-out item of a user must
+    # rank in its own half
+    rng = np.random.default_rng(0)
+    n_u, n_i = 60, 10
+    group = np.arange(n_u) % 2
+    pairs = [(u, i) for u in range(n_u) for i in range(n_i) if i % 2 == group[u] and rng.random() < 0.7]
+    us, its = np.array(pairs).T
+    from training.loop import InteractionData
+    data = InteractionData(n_u, n_i, us, its)
+    cfg = TrainConfig(kind="lightgcn", loss="softmax", negatives=negatives, epochs=30, dim=8,
+                      batch_size=64, min_steps_per_epoch=1, lr=0.05, seed=1, user_ids=True)
+    r = train_loop(cfg, data)
+    assert r.history[-1]["loss"] < r.history[0]["loss"]
+    model, adj, _, _ = build(cfg, data, torch.device("cpu"))
+    model.load_state_dict(r.model.state_dict())
+    model.eval()
+    with torch.no_grad():
+        u_emb, i_emb, _, _ = model(adj)
+        scores = model.score(u_emb, i_emb)
+    own = scores[:, 0::2].mean(1).where(torch.as_tensor(group == 0), scores[:, 1::2].mean(1))
+    other = scores[:, 1::2].mean(1).where(torch.as_tensor(group == 0), scores[:, 0::2].mean(1))
+    assert (own > other).float().mean() > 0.95

@@ -25,6 +25,7 @@ from nba.errors import NBAError
 
 from .graph import FeatureEncoder
 from .model import HybridGNN
+from .protocols import top_k
 
 BUNDLE_SCHEMA_VERSION = 1
 
@@ -66,19 +67,14 @@ class Bundle:
         if unknown:
             raise BundleError(f"{len(unknown)} customer(s) not in model {self.meta.get('as_of')}: "
                               f"{', '.join(unknown[:5])}")
-        scores = self.user_emb[rows] @ self.item_emb.T + self.item_bias[None, :]
-        pos = {r: i for i, r in enumerate(rows)}
-        mine = np.isin(self.held[0], rows)
-        for u, i in zip(self.held[0][mine], self.held[1][mine]):
-            scores[pos[u], i] = -np.inf
-        k = min(k, scores.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        n = len(rows)
+        top, scores = top_k(lambda b: self.user_emb[b] @ self.item_emb.T + self.item_bias[None, :], rows,
+                            len(self.product_ids), k, self.held[0], self.held[1], return_scores=True)
+        k, n = top.shape[1], len(rows)
         out = pd.DataFrame({
             "customer_id": np.repeat(np.asarray(customer_ids, dtype=object), k),
             "rank": np.tile(np.arange(1, k + 1), n),
             "product_id": np.asarray(self.product_ids, dtype=object)[top.ravel()],
-            "score": scores[np.arange(n)[:, None], top].ravel().astype(float),
+            "score": scores.ravel().astype(float),
         })
         return out[np.isfinite(out["score"])].reset_index(drop=True)
 

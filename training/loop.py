@@ -10,6 +10,7 @@ hard negatives. Validation ranking runs each ``eval_every`` epochs, with early s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from nba.device import resolve_device
 from nba.metrics import ranking_metrics
 
 from .model import HybridGNN, normalized_adjacency
+from .protocols import top_k
 
 
 class TrainConfig(BaseModel):
@@ -48,6 +50,11 @@ class TrainConfig(BaseModel):
         "masked-edge training: each epoch this share of the positive edges leaves the graph and becomes "
         "the BPR targets, so the model learns to predict links it cannot see (0: classic LightGCN)"))
     hard_negative_share: float = Field(0.2, ge=0, le=1)
+    loss: str = Field("bpr", pattern="^(bpr|softmax)$", description=(
+        "bpr: one sampled negative per positive; softmax: cross-entropy of each positive against "
+        "`negatives` items shared by the batch (all items when `negatives` is 0 or >= the catalogue)"))
+    negatives: int = Field(1024, ge=0, description="shared negatives per step for loss=softmax")
+    temperature: float = Field(1.0, gt=0, description="logit scale 1/temperature for loss=softmax")
     churn_weight: float = Field(1.0, ge=0)
     eval_every: int = Field(1, ge=1)
     patience: int = Field(5, ge=1)
@@ -124,35 +131,19 @@ def build(cfg: TrainConfig, data: InteractionData, device: torch.device):
 
 @torch.no_grad()
 def recommend(model: HybridGNN, adj, ux, ix, users: np.ndarray, exclude_users: np.ndarray,
-              exclude_items: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+              exclude_items: np.ndarray, k: int) -> np.ndarray:
     """Top-``k`` items ``[len(users), k]`` per user, excluding the given (user, item) pairs."""
     model.eval()
     u_emb, i_emb, _, _ = model(adj, ux, ix)
-    device = u_emb.device
-    n_items = model.num_items
-    codes = torch.as_tensor(np.unique(exclude_users.astype(np.int64) * n_items + exclude_items), device=device)
-    out = []
-    for start in range(0, len(users), chunk):
-        batch = torch.as_tensor(users[start:start + chunk], device=device)
-        scores = model.score(u_emb[batch], i_emb)
-        # mask excluded pairs
-        q = batch[:, None] * n_items + torch.arange(n_items, device=device)[None, :]
-        if len(codes):
-            pos = torch.searchsorted(codes, q).clamp(max=len(codes) - 1)
-            scores = scores.masked_fill(codes[pos] == q, float("-inf"))
-        out.append(torch.topk(scores, min(k, n_items), dim=1).indices.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+    return top_k(lambda b: model.score(u_emb[torch.as_tensor(b, device=u_emb.device)], i_emb).cpu().numpy(),
+                 users, model.num_items, k, exclude_users, exclude_items)
 
 
 def popularity_topk(data: InteractionData, users: np.ndarray, k: int) -> np.ndarray:
-    """The baseline: most-held items first, the user's own items excluded (ranked last)."""
+    """The baseline: most-held items first, the user's own items excluded."""
     pop = np.bincount(data.train_items, minlength=data.num_items).astype(float)
-    scores = np.tile(pop, (len(users), 1))
-    row = np.full(data.num_users, -1)
-    row[users] = np.arange(len(users))
-    mine = row[data.train_users] >= 0
-    scores[row[data.train_users[mine]], data.train_items[mine]] = -np.inf
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return top_k(lambda b: np.broadcast_to(pop, (len(b), len(pop))), users, data.num_items, k,
+                 data.train_users, data.train_items)
 
 
 class _Objective(torch.nn.Module):
@@ -165,9 +156,26 @@ class _Objective(torch.nn.Module):
     def forward(self, adj, ux, ix, bu, bi, bn, cx=None, cy=None):
         model, cfg = self.model, self.cfg
         u_emb, i_emb, u0, i0 = model(adj, ux, ix)
-        ub = u_emb[bu]
-        loss = torch.nn.functional.softplus(model.score(ub, i_emb, bn) - model.score(ub, i_emb, bi)).mean()
-        reg = (u0[bu].pow(2).sum() + i0[bi].pow(2).sum() + i0[bn].pow(2).sum()) / (2 * len(bu))
+        if cfg.loss == "softmax":
+            # The step's positives come grouped by user, so each user's logits over the items are
+            # computed once and serve all its positives: sum over positives of -log softmax.
+            users, row = torch.unique(bu, return_inverse=True)
+            ue = u_emb[users]
+            if bn is None:  # every item
+                logits = model.score(ue, i_emb) / cfg.temperature
+                loss = (torch.logsumexp(logits, 1)[row] - logits[row, bi]).mean()
+            else:  # shared uniform negatives; + log(n_items / n_neg) estimates the full normaliser
+                neg = ue @ i_emb[bn].T
+                if model.item_bias is not None:
+                    neg = neg + model.item_bias[bn][None, :]
+                norm = torch.logsumexp(neg / cfg.temperature, 1) + math.log(model.num_items / len(bn))
+                pos = model.score(ue[row], i_emb, bi) / cfg.temperature
+                loss = (torch.logaddexp(pos, norm[row]) - pos).mean()
+            reg = (u0[bu].pow(2).sum() + i0[bi].pow(2).sum()) / (2 * len(bu))
+        else:
+            ub = u_emb[bu]
+            loss = torch.nn.functional.softplus(model.score(ub, i_emb, bn) - model.score(ub, i_emb, bi)).mean()
+            reg = (u0[bu].pow(2).sum() + i0[bi].pow(2).sum() + i0[bn].pow(2).sum()) / (2 * len(bu))
         loss = loss + cfg.weight_decay * reg
         if cx is not None:
             churn = torch.nn.functional.binary_cross_entropy_with_logits(model.churn_logit(cx), cy)
@@ -239,17 +247,26 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
         else:
             adj, targets = full_adj, np.arange(len(data.train_users))
         perm = rng.permutation(targets)
+        if cfg.loss == "softmax":  # group each user's positives (users in random order)
+            user_rank = rng.permutation(data.num_users)
+            perm = perm[np.argsort(user_rank[data.train_users[perm]], kind="stable")]
         churn_perm = rng.permutation(len(data.churn)) if use_churn else None
         batch = min(cfg.batch_size, max(64, -(-len(perm) // (cfg.min_steps_per_epoch * world))))
         global_batch = batch * world
         steps = max(1, -(-len(perm) // global_batch))
         total = 0.0
         for step in range(steps):
-            idx = perm[step * global_batch:(step + 1) * global_batch][rank::world]
+            chunk = perm[step * global_batch:(step + 1) * global_batch]
+            # softmax: contiguous shares keep a user's positives on one worker
+            idx = np.array_split(chunk, world)[rank] if cfg.loss == "softmax" else chunk[rank::world]
             if len(idx) == 0:  # keep every worker in step with the others
                 idx = perm[:1]
-            neg = _sample_negatives(rng, data.train_users[idx], n_items, pos_codes, hard_u, hard_i,
-                                    cfg.hard_negative_share)
+            if cfg.loss == "softmax":
+                neg = (None if cfg.negatives == 0 or cfg.negatives >= n_items
+                       else rng.choice(n_items, cfg.negatives, replace=False))
+            else:
+                neg = _sample_negatives(rng, data.train_users[idx], n_items, pos_codes, hard_u, hard_i,
+                                        cfg.hard_negative_share)
             idx_t = torch.as_tensor(idx, device=device)
             cb = None
             if use_churn:
@@ -258,7 +275,8 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
                                      else churn_perm[step * n_c:][rank::world], device=device)
                 if len(cb) == 0:
                     cb = torch.as_tensor(churn_perm[:1], device=device)
-            loss = objective(adj, ux, ix, tu[idx_t], ti[idx_t], torch.as_tensor(neg, device=device),
+            loss = objective(adj, ux, ix, tu[idx_t], ti[idx_t],
+                             None if neg is None else torch.as_tensor(neg, device=device),
                              None if cb is None else cx[cb], None if cb is None else cy[cb])
             opt.zero_grad(set_to_none=True)
             loss.backward()

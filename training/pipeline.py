@@ -40,8 +40,9 @@ from nba.metrics import average_precision, calibration, ranking_metrics, roc_auc
 from .bundle import save_bundle
 from .config import RunConfig
 from .graph import BankGraph, build_graph
-from .loop import InteractionData, TrainResult, graph_adjacency
+from .loop import InteractionData, TrainResult, graph_adjacency, popularity_topk
 from .model import HybridGNN
+from .protocols import top_k
 
 
 @dataclass
@@ -126,17 +127,6 @@ def embed(model: HybridGNN, prepared: Prepared) -> tuple[np.ndarray, np.ndarray,
     return u.numpy(), i.numpy(), churn
 
 
-def _top(scores: np.ndarray, held_u: np.ndarray, held_i: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    look = np.full(int(max(held_u.max(initial=0), rows.max(initial=0))) + 1, -1)
-    look[rows] = np.arange(len(rows))
-    mine = held_u < len(look)
-    r = look[held_u[mine]]
-    ok = r >= 0
-    scores = scores.copy()
-    scores[r[ok], held_i[mine][ok]] = -np.inf
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
 def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
              churn: np.ndarray | None, horizon_days: int, ks: list[int]) -> dict | None:
     """Temporal evaluation on the ``horizon_days`` after as_of, or None when the store lacks them."""
@@ -162,10 +152,9 @@ def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, ite
         users = np.unique(tu)
         look = np.full(full.num_users, -1)
         look[users] = np.arange(len(users))
-        scores = user_emb[users] @ item_emb.T + item_bias[None, :]
-        top = _top(scores, full.train_users, full.train_items, users, k)
-        pop = np.bincount(full.train_items, minlength=n_items).astype(float)
-        pop_top = _top(np.tile(pop, (len(users), 1)), full.train_users, full.train_items, users, k)
+        top = top_k(lambda b: user_emb[b] @ item_emb.T + item_bias[None, :], users, n_items, k,
+                    full.train_users, full.train_items)
+        pop_top = popularity_topk(full, users, k)
         for name, t in (("model", top), ("popularity", pop_top)):
             m = ranking_metrics(t, look[tu], ti, n_items, ks=tuple(ks))
             out[name] = {key: v for key, v in m.items() if "@" in key}

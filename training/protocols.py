@@ -43,23 +43,35 @@ def stratified_split(users: np.ndarray, items: np.ndarray, ratio: float = 0.75,
 
 
 def top_k(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude_users: np.ndarray,
-          exclude_items: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """``[len(users), k]`` item rows, best first, never an excluded (user, item) pair."""
-    codes = np.unique(exclude_users.astype(np.int64) * n_items + exclude_items.astype(np.int64))
-    out = []
+          exclude_items: np.ndarray, chunk: int = 2048, return_scores: bool = False):
+    """``[len(users), k]`` item rows, best first, never an excluded (user, item) pair unless a user has
+    fewer than ``k`` others (those come last, scored ``-inf``). Equal scores inside the top ``k`` keep
+    the lower row first; which of several items tied at the cut gets in is unspecified.
+
+    The one top-K of the project: validation, backtests, the benchmarks and the bundle use it. With
+    ``return_scores`` it also returns the ``[len(users), k]`` scores (``-inf`` for excluded pairs).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    codes = np.unique(np.asarray(exclude_users, np.int64) * n_items + np.asarray(exclude_items, np.int64))
+    kk = min(k, n_items)
+    out, vals = [], []
     for start in range(0, len(users), chunk):
         batch = users[start:start + chunk]
         scores = np.array(score_fn(batch), dtype=np.float64, copy=True)
-        lo = np.searchsorted(codes, batch.astype(np.int64) * n_items)
-        hi = np.searchsorted(codes, (batch.astype(np.int64) + 1) * n_items)
+        lo = np.searchsorted(codes, batch * n_items)
+        hi = np.searchsorted(codes, (batch + 1) * n_items)
         rows = np.repeat(np.arange(len(batch)), hi - lo)
         cols = codes[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] % n_items if len(rows) else []
         scores[rows, cols] = -np.inf
-        kk = min(k, n_items)
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part = np.sort(np.argpartition(-scores, kk - 1, axis=1)[:, :kk], axis=1)
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        out.append(np.take_along_axis(part, order, 1))
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+        top = np.take_along_axis(part, order, 1)
+        out.append(top)
+        vals.append(np.take_along_axis(scores, top, 1))
+    idx = np.concatenate(out) if out else np.zeros((0, kk), np.int64)
+    if return_scores:
+        return idx, (np.concatenate(vals) if vals else np.zeros((0, kk)))
+    return idx
 
 
 def _evaluate(score_fn: ScoreFn, train_u, train_i, test_u, test_i, n_items: int, ks: tuple[int, ...],
