@@ -62,6 +62,10 @@ def test_top_k_masks_training_items_and_ranks():
     scores = np.array([[0.1, 0.9, 0.5, 0.7], [0.4, 0.3, 0.2, 0.1]])
     top = top_k(lambda b: scores[b], np.array([0, 1]), 4, 2, np.array([0, 1]), np.array([1, 0]))
     assert top.tolist() == [[3, 2], [1, 2]]
+    # a user with fewer than k other items: the excluded ones come last, scored -inf
+    top, vals = top_k(lambda b: scores[b], np.array([0]), 4, 4, np.array([0, 0, 0]), np.array([1, 2, 3]),
+                      return_scores=True)
+    assert top[0, 0] == 0 and vals[0, 0] == pytest.approx(0.1) and np.isneginf(vals[0, 1:]).all()
 
 
 def test_protocols_on_a_worked_example():

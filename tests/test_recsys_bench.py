@@ -29,7 +29,7 @@ def ml_slice(tmp_path_factory) -> Path:
 
 def test_bench_recsys_runs_every_model_and_writes_json(ml_slice, tmp_path):
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("nba: {epochs: 3, dim: 16}\nlightgcn: {epochs: 3, dim: 16}\n"
+    cfg.write_text("nba: {epochs: 3, dim: 16, loss: softmax, negatives: 50}\nlightgcn: {epochs: 3, dim: 16}\n"
                    "pyg_lightgcn: {dim: 16, budget_seconds: 2}\nals: {factors: 8, iterations: 2}\n")
     out = tmp_path / "res.json"
     r = subprocess.run([sys.executable, "-m", "nba.cli", "bench", "recsys", "--data", str(ml_slice),
@@ -50,3 +50,26 @@ def test_bench_recsys_rejects_unknown_models(ml_slice):
     r = subprocess.run([sys.executable, "-m", "nba.cli", "bench", "recsys", "--data", str(ml_slice),
                         "--models", "pop,bert4rec"], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and "bert4rec" in r.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "recsys").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_recsys_config_is_valid(path):
+    from training.loop import TrainConfig
+    from training.recsys_bench import load_bench_config
+    cfg, used = load_bench_config("unused", path)
+    assert used == path
+    for overrides in (cfg.nba, cfg.lightgcn):
+        TrainConfig(**overrides)  # raises on a misspelt or out-of-range setting
+
+
+def test_bad_recsys_config_names_the_file(tmp_path):
+    from nba.errors import ConfigError
+    from training.recsys_bench import load_bench_config
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("als: {factorz: 3}\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_bench_config("x", bad)
+    bad.write_text("nba: {loss: hinge}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml(.|\n)*loss"):
+        load_bench_config("x", bad)

@@ -1,11 +1,18 @@
 """The training loop as a plain function: runs alone (quick experiments, GPU measurements) and is the
 function Ray Train's ``TorchTrainer`` will run per worker.
 
-``train_loop(cfg, data)`` trains ``HybridGNN`` with BPR on user-item pairs. Each step propagates the
-full graph (sparse products) and takes a large batch of (user, positive, negative) triples. Negatives
-are sampled uniformly and re-drawn when they hit a known positive; declined items are mixed in as
-hard negatives. Validation ranking runs each ``eval_every`` epochs, with early stopping on
-``early_stop_metric``. Seeds make CPU runs repeatable.
+``train_loop(cfg, data)`` trains ``HybridGNN`` on user-item pairs. Each step propagates the full graph
+(sparse products) and takes a large batch of positive pairs. Two objectives:
+
+- ``loss="bpr"`` (the bank default): one negative per positive, sampled uniformly and re-drawn when it
+  hits a known positive, with declined items mixed in as hard negatives.
+- ``loss="softmax"``: the cross-entropy of each positive against the whole catalogue (or against
+  ``negatives`` items shared by the step, with the log(n_items / n_negatives) correction). A step's
+  positives are grouped by user, so a user's logits are computed once for all its positives: an epoch
+  costs about users x items products, not positives x items. On the public benchmarks it beats BPR.
+
+Validation ranking runs each ``eval_every`` epochs, with early stopping on ``early_stop_metric``.
+Seeds make CPU runs repeatable.
 """
 
 from __future__ import annotations
