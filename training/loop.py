@@ -142,7 +142,7 @@ def recommend(model: HybridGNN, adj, ux, ix, users: np.ndarray, exclude_users: n
     """Top-``k`` items ``[len(users), k]`` per user, excluding the given (user, item) pairs."""
     model.eval()
     u_emb, i_emb, _, _ = model(adj, ux, ix)
-    return top_k(lambda b: model.score(u_emb[torch.as_tensor(b, device=u_emb.device)], i_emb).cpu().numpy(),
+    return top_k(lambda b: model.score(u_emb[torch.as_tensor(b, device=u_emb.device)], i_emb),
                  users, model.num_items, k, exclude_users, exclude_items)
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from nba.metrics import ranking_metrics
 
-ScoreFn = Callable[[np.ndarray], np.ndarray]  # user rows [b] -> scores [b, n_items]
+ScoreFn = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]  # user rows [b] -> scores [b, n_items]
 
 
 def stratified_split(users: np.ndarray, items: np.ndarray, ratio: float = 0.75,
@@ -45,11 +46,13 @@ def stratified_split(users: np.ndarray, items: np.ndarray, ratio: float = 0.75,
 def top_k(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude_users: np.ndarray,
           exclude_items: np.ndarray, chunk: int = 2048, return_scores: bool = False):
     """``[len(users), k]`` item rows, best first, never an excluded (user, item) pair unless a user has
-    fewer than ``k`` others (those come last, scored ``-inf``). Equal scores inside the top ``k`` keep
-    the lower row first; which of several items tied at the cut gets in is unspecified.
+    fewer than ``k`` others (those come last, scored ``-inf``). Which of several items tied at the cut
+    gets in is unspecified.
 
-    The one top-K of the project: validation, backtests, the benchmarks and the bundle use it. With
-    ``return_scores`` it also returns the ``[len(users), k]`` scores (``-inf`` for excluded pairs).
+    The one top-K of the project: validation, backtests, the benchmarks and the bundle use it.
+    ``score_fn`` may return a NumPy array or a torch tensor (on any device): tensors are masked and
+    ranked by ``torch.topk`` where they are (GPU when there is one, all CPU threads otherwise), arrays by
+    ``np.argpartition``. With ``return_scores`` it also returns the ``[len(users), k]`` scores.
     """
     users = np.asarray(users, dtype=np.int64)
     codes = np.unique(np.asarray(exclude_users, np.int64) * n_items + np.asarray(exclude_items, np.int64))
@@ -57,11 +60,22 @@ def top_k(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude_us
     out, vals = [], []
     for start in range(0, len(users), chunk):
         batch = users[start:start + chunk]
-        scores = np.array(score_fn(batch), dtype=np.float64, copy=True)
         lo = np.searchsorted(codes, batch * n_items)
         hi = np.searchsorted(codes, (batch + 1) * n_items)
         rows = np.repeat(np.arange(len(batch)), hi - lo)
-        cols = codes[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] % n_items if len(rows) else []
+        cols = (codes[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] % n_items if len(rows)
+                else np.zeros(0, np.int64))
+        scores = score_fn(batch)
+        if isinstance(scores, torch.Tensor):
+            scores = scores.float().clone()
+            scores[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device)] = float("-inf")
+            v, top = torch.topk(scores, kk, dim=1)
+            out.append(top.cpu().numpy())
+            vals.append(v.cpu().numpy())
+            continue
+        scores = np.array(scores, copy=True)
+        if not np.issubdtype(scores.dtype, np.floating):
+            scores = scores.astype(np.float64)
         scores[rows, cols] = -np.inf
         part = np.sort(np.argpartition(-scores, kk - 1, axis=1)[:, :kk], axis=1)
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")

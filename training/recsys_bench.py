@@ -32,6 +32,7 @@ from .loop import InteractionData, TrainConfig, build, train_loop
 from .protocols import lightgcn_all_ranking, recommenders_top_k, stratified_split
 
 MODELS = ("nba", "lightgcn", "pyg-lightgcn", "als", "pop")
+VALID_USERS = 10_000
 
 
 class _Strict(BaseModel):
@@ -156,6 +157,12 @@ def _project_model(kind: str, ds: RecDataset, split: dict, overrides: dict, log)
     cfg = TrainConfig(**{**base, **overrides})
     feats = kind == "nba"
     (fu, fi), (vu, vi) = split["fit"], split["valid"]
+    # Epoch selection ranks the catalogue for at most VALID_USERS validation users (a fixed random
+    # subset): enough to compare epochs, and it keeps validation cheap on big datasets.
+    users = np.unique(vu)
+    if len(users) > VALID_USERS:
+        keep = np.isin(vu, np.random.default_rng(0).choice(users, VALID_USERS, replace=False))
+        vu, vi = vu[keep], vi[keep]
     sel = InteractionData(ds.num_users, ds.num_items, fu, fi, valid_users=vu, valid_items=vi,
                           user_x=ds.user_x if feats else None, item_x=ds.item_x if feats else None)
     r = train_loop(cfg, sel)
@@ -177,7 +184,7 @@ def _project_model(kind: str, ds: RecDataset, split: dict, overrides: dict, log)
 
     def score(b):
         s = U[torch.as_tensor(b)] @ I.T
-        return (s if bias is None else s + bias).numpy()
+        return s if bias is None else s + bias
     return score, {"epochs": epochs}
 
 
@@ -232,7 +239,7 @@ def _pyg_lightgcn(ds: RecDataset, split: dict, cfg: PygConfig, log) -> tuple[Cal
     U, I = emb[:n_u], emb[n_u:]
     info = {"epochs": epochs, "budget": stopped or f"{epochs} epochs, within budget"}
     log(f"  pyg-lightgcn: {info['budget']}")
-    return (lambda b: (U[torch.as_tensor(b)] @ I.T).numpy()), info
+    return (lambda b: U[torch.as_tensor(b)] @ I.T), info
 
 
 def run(directory: Path, fmt: str | None = None, models: list[str] | None = None, out: Path | None = None,
