@@ -61,7 +61,6 @@ class TrainConfig(BaseModel):
         "bpr: one sampled negative per positive; softmax: cross-entropy of each positive against "
         "`negatives` items shared by the batch (all items when `negatives` is 0 or >= the catalogue)"))
     negatives: int = Field(1024, ge=0, description="shared negatives per step for loss=softmax")
-    temperature: float = Field(1.0, gt=0, description="logit scale 1/temperature for loss=softmax")
     churn_weight: float = Field(1.0, ge=0)
     eval_every: int = Field(1, ge=1)
     patience: int = Field(5, ge=1)
@@ -169,14 +168,14 @@ class _Objective(torch.nn.Module):
             users, row = torch.unique(bu, return_inverse=True)
             ue = u_emb[users]
             if bn is None:  # every item
-                logits = model.score(ue, i_emb) / cfg.temperature
+                logits = model.score(ue, i_emb)
                 loss = (torch.logsumexp(logits, 1)[row] - logits[row, bi]).mean()
             else:  # shared uniform negatives; + log(n_items / n_neg) estimates the full normaliser
                 neg = ue @ i_emb[bn].T
                 if model.item_bias is not None:
                     neg = neg + model.item_bias[bn][None, :]
-                norm = torch.logsumexp(neg / cfg.temperature, 1) + math.log(model.num_items / len(bn))
-                pos = model.score(ue[row], i_emb, bi) / cfg.temperature
+                norm = torch.logsumexp(neg, 1) + math.log(model.num_items / len(bn))
+                pos = model.score(ue[row], i_emb, bi)
                 loss = (torch.logaddexp(pos, norm[row]) - pos).mean()
             reg = (u0[bu].pow(2).sum() + i0[bi].pow(2).sum()) / (2 * len(bu))
         else:
