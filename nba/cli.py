@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -39,6 +40,8 @@ bench_app = typer.Typer(help="Benchmarks on public data, side by side with peers
 app.add_typer(bench_app, name="bench")
 models_app = typer.Typer(help="Model registry (MLflow): versions, aliases, promotion.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+index_app = typer.Typer(help="FAISS retrieval: product candidates and lookalike audiences.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
 
 out = Console()
 err = Console(stderr=True)
@@ -297,6 +300,100 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
+
+# -------------------------------------------------------------------------------------------------
+# nba index ...
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model-version", "-m", help="Registered version number or alias (champion, challenger).")]
+
+
+@index_app.command("build")
+def index_build(
+    model_version: ModelOpt = "champion",
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Index settings (default: configs/index.yaml).", show_default=False)] = None,
+) -> None:
+    """Build the product and customer indexes of a model version and log them to it in MLflow."""
+    from serving.retrieval import build_for_version, load_index_config
+
+    build_for_version(state.home.ensure(), model_version, load_index_config(config),
+                      log=lambda m: out.print(m, highlight=False, markup=False))
+
+
+@index_app.command("query")
+def index_query(
+    customer: Annotated[list[str], typer.Option("--customer", "-c", help="Customer id (repeatable).")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Candidates per customer.")] = 10,
+    model_version: ModelOpt = "champion",
+    include_held: Annotated[bool, typer.Option("--include-held", help="Keep products already held.")] = False,
+    exclude: Annotated[str | None, typer.Option(
+        "--exclude", help="Comma-separated product ids nobody may get.", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Product candidates for customers: the model's top-k, held and excluded products left out."""
+    from serving.retrieval import Retriever
+
+    r = Retriever(state.home, model_version)
+    df = r.candidates(customer, k, exclude_held=not include_held,
+                      exclude_products=[p for p in (exclude or "").split(",") if p])
+    if as_json:
+        print(df.to_json(orient="records", lines=True))
+        return
+    t = RichTable("customer_id", "rank", "product_id", "score", title=f"model version {r.snapshot.version}, "
+                  f"index {r.snapshot.build_id}")
+    for row in df.itertuples():
+        t.add_row(row.customer_id, str(row.rank), row.product_id, f"{row.score:.4f}")
+    out.print(t)
+    for c, g in df.groupby("customer_id"):
+        if g["found"].iloc[0] < k:
+            err.print(f"{c}: only {g['found'].iloc[0]} admissible product(s) of the {k} asked for")
+    for c in set(customer) - set(df["customer_id"]):
+        err.print(f"{c}: no admissible product")
+
+
+@index_app.command("lookalike")
+def index_lookalike(
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Comma-separated seed customer ids.")] = None,
+    seeds_file: Annotated[Path | None, typer.Option(
+        "--seeds-file", help="Seed ids, one a line (or a CSV with customer_id).")] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Audience size.")] = 1000,
+    method: Annotated[str, typer.Option(help="nearest (best match to any seed) or centroid.")] = "nearest",
+    exclude_file: Annotated[Path | None, typer.Option(
+        "--exclude-file", help="Customers to suppress (one a line, or CSV with customer_id).")] = None,
+    model_version: ModelOpt = "champion",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the audience as CSV.")] = None,
+) -> None:
+    """A lookalike audience: the n customers most like the seeds (seeds and suppressed left out)."""
+    from serving.retrieval import Retriever, read_id_file
+
+    ids = [s.strip() for s in (seeds or "").split(",") if s.strip()]
+    if seeds_file:
+        ids += read_id_file(seeds_file)
+    if not ids:
+        raise typer.BadParameter("give seed customers with --seeds or --seeds-file", param_hint="--seeds")
+    if method not in ("nearest", "centroid"):
+        raise typer.BadParameter(f"{method!r} is not one of nearest, centroid", param_hint="--method")
+    suppressed = read_id_file(exclude_file) if exclude_file else []
+    res = Retriever(state.home, model_version).lookalike(ids, n, method, suppressed)
+    if res.unknown_seeds:
+        err.print(f"{len(res.unknown_seeds)} seed(s) unknown to model version {res.model_version}, ignored: "
+                  f"{', '.join(res.unknown_seeds[:10])}")
+    if len(res.audience) < n:
+        err.print(f"only {len(res.audience):,} customers could be found of the {n:,} asked for")
+    if out_file:
+        res.audience.to_csv(out_file, index=False)
+        out.print(f"audience of {len(res.audience):,} customers ({method}, {res.seeds_used} seeds, model version "
+                  f"{res.model_version}) written to {out_file}")
+        return
+    t = RichTable("rank", "customer_id", "similarity", title=f"lookalikes of {res.seeds_used} seed(s), {method}")
+    for row in res.audience.head(20).itertuples():
+        t.add_row(str(row.rank), row.customer_id, f"{row.similarity:.4f}")
+    out.print(t)
+    if len(res.audience) > 20:
+        out.print(f"... {len(res.audience) - 20:,} more (use --out FILE for all)")
+
+
 @bench_app.command("recsys")
 def bench_recsys(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (LightGCN format or MovieLens 100K).")],
@@ -351,8 +448,29 @@ def demo(
     out.rule(f"[bold]5. train the production model at {latest}, register it as champion")
     train(config=None, as_of=latest.isoformat(), overrides=None, promote=True, no_ray=False)
     models_list(name="nba")
+    out.rule("[bold]6. FAISS indexes of the champion: product candidates, lookalike audience")
+    index_build(model_version="champion", config=None)
+    _demo_retrieval(home)
     out.print(f"[green]demo complete[/green]: everything lives in {home.root}; MLflow UI: "
               f"mlflow ui --backend-store-uri sqlite:///{home.mlflow_db}")
+
+
+def _demo_retrieval(home: Home) -> None:
+    from serving.retrieval import Retriever
+
+    r = Retriever(home, "champion")
+    ids = r.snapshot.bundle.customer_ids
+    index_query(customer=ids[:2], k=3, model_version="champion", include_held=False, exclude=None, as_json=False)
+    # A campaign audience: lookalikes of the customers who hold the least common product.
+    bundle = r.snapshot.bundle
+    counts = np.bincount(bundle.held[1], minlength=len(bundle.product_ids))
+    rare = int(np.argmin(np.where(counts > 20, counts, counts.max() + 1)))
+    seeds = [ids[u] for u in bundle.held[0][bundle.held[1] == rare][:200]]
+    res = r.lookalike(seeds, 1000, "nearest")
+    holders = set(bundle.held[0][bundle.held[1] == rare].tolist())
+    in_aud = np.isin(r.snapshot.customers.row_of(res.audience["customer_id"].tolist()), list(holders)).mean()
+    out.print(f"lookalike audience of {len(res.audience):,} for {len(seeds)} holders of {bundle.product_ids[rare]}: "
+              f"{in_aud:.1%} of it already holds the product (base rate {len(holders) / len(ids):.1%})")
 
 
 def _show_states(home: Home) -> None:

@@ -25,12 +25,33 @@ def tracking_uri(home: Home) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home.mlflow_db.resolve()}"
 
 
-def setup(home: Home, experiment: str) -> str:
-    """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
+def use(home: Home) -> str:
+    """Point this process's MLflow client at ``home``'s tracking store (or ``$MLFLOW_TRACKING_URI``).
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``. Left in place, a second home in the
+    same process (or any child process) would silently use the first home's store, and its experiments
+    would put their artifacts under ``./mlruns`` of the working directory. So the environment is restored.
+    """
     _quiet()
     import mlflow
-    mlflow.set_tracking_uri(tracking_uri(home))
-    mlflow.set_registry_uri(tracking_uri(home))
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    uri = tracking_uri(home)
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return uri
+
+
+def setup(home: Home, experiment: str) -> str:
+    """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
+    import mlflow
+    use(home)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
@@ -86,33 +107,90 @@ def register(name: str, version: int | str, run_id: str, promote: bool) -> Regis
     return Registered(name, int(version), aliases, run_id)
 
 
+def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str = "nba"):
+    """The registered ``ModelVersion`` an alias or a version number names (resolved once)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    uri = use(home)
+    client = MlflowClient()
+    try:
+        if str(alias_or_version).isdigit():
+            return client.get_model_version(name, str(alias_or_version))
+        return client.get_model_version_by_alias(name, str(alias_or_version))
+    except MlflowException as e:
+        raise BundleError(f"registered model {name!r} has no version or alias {alias_or_version!r} "
+                          f"(tracking {uri}): {e.message}") from None
+
+
+def logged_model_id(mv) -> str | None:
+    """The id of the MLflow logged model behind a model version (``models:/m-...`` source), if any."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    src = mv.source or ""
+    if src.startswith("models:/m-"):
+        return src.removeprefix("models:/").split("/")[0]
+    return None
+
+
+def artifact_uri(mv, subpath: str = "") -> str:
+    """URI of the artifacts of a model version's logged model (``subpath`` inside it)."""
+    from mlflow import MlflowClient
+    model_id = logged_model_id(mv)
+    if model_id:
+        base = MlflowClient().get_logged_model(model_id).artifact_location
+    else:  # a version registered from a run path (MLflow 2 style)
+        base = mv.source
+    return base.rstrip("/") + (f"/{subpath.strip('/')}" if subpath else "")
+
+
+def cache_dir(home: Home, mv) -> Path:
+    """Where a model version's downloads are kept in ``NBA_HOME`` (one folder per version of a name)."""
+    return home.root / "models" / f"{mv.name}-v{mv.version}"
+
+
+def download(home: Home, mv, subpath: str, dest_name: str) -> Path:
+    """Download ``subpath`` of a version's logged model into its cache folder once; later calls reuse it.
+
+    Written aside and renamed into place, so a killed download leaves no half folder behind.
+    """
+    import shutil
+
+    import mlflow
+    dest = cache_dir(home, mv) / dest_name
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_name.replace('/', '_')}-", dir=dest.parent))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri(mv, subpath), dst_path=str(tmp)))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            local.rename(dest)
+        except OSError:  # another process got there first
+            if not dest.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def bundle_of(home: Home, mv) -> Bundle:
+    """The bundle of a model version (downloaded once into ``NBA_HOME/models``), schema checked."""
+    # Only the bundle folder of the pyfunc model: the logged model also carries the index builds.
+    local = download(home, mv, "artifacts/bundle", "bundle")
+    bundle_dir = next((p.parent for p in local.rglob("bundle.json")), None)
+    if bundle_dir is None:
+        raise BundleError(f"model {mv.name} version {mv.version} has no bundle among its artifacts")
+    bundle = load_bundle(bundle_dir)
+    bundle.meta["registered_version"] = int(mv.version)
+    return bundle
+
+
 def load_registered(home: Home, alias_or_version: str = CHAMPION, name: str = "nba") -> tuple[Bundle, int]:
     """The bundle an alias (or a version number) points at, and that version number.
 
     The alias is resolved once, then that exact version is downloaded, so a concurrent promotion cannot
     hand back a different version than the one named. The bundle's schema version is checked.
     """
-    _quiet()
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-    setup_uri = tracking_uri(home)
-    mlflow.set_tracking_uri(setup_uri)
-    mlflow.set_registry_uri(setup_uri)
-    client = MlflowClient()
-    try:
-        if str(alias_or_version).isdigit():
-            mv = client.get_model_version(name, str(alias_or_version))
-        else:
-            mv = client.get_model_version_by_alias(name, alias_or_version)
-    except MlflowException as e:
-        raise BundleError(f"registered model {name!r} has no version or alias {alias_or_version!r} "
-                          f"(tracking {setup_uri}): {e.message}") from None
-    dest = Path(tempfile.mkdtemp(prefix=f"nba-model-{mv.version}-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dest)))
-    bundle_dir = next((p.parent for p in local.rglob("bundle.json")), None)
-    if bundle_dir is None:
-        raise BundleError(f"model {name} version {mv.version} has no bundle among its artifacts")
-    bundle = load_bundle(bundle_dir)
-    bundle.meta["registered_version"] = int(mv.version)
-    return bundle, int(mv.version)
+    mv = model_version(home, alias_or_version, name)
+    return bundle_of(home, mv), int(mv.version)
