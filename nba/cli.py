@@ -394,6 +394,36 @@ def index_lookalike(
         out.print(f"... {len(res.audience) - 20:,} more (use --out FILE for all)")
 
 
+@app.command("daily")
+def daily(
+    day: Annotated[str | None, typer.Option(
+        "--date", help="The day to decide for, YYYY-MM-DD (default: the day after the store's latest event).",
+        show_default=False)] = None,
+    model_version: ModelOpt = "champion",
+    catalog: Annotated[Path | None, typer.Option(
+        "--catalog", help="Action catalog (default: configs/actions.yaml).", show_default=False)] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Score with Ray Data on this cluster ('local' for a local Ray; default: "
+        "$RAY_ADDRESS, else in-process).", show_default=False)] = None,
+) -> None:
+    """Decide every client's next best action for a day and write the RMs' lists under daily/<date>/."""
+    from feature_store.offline import data_end
+    from feature_store.store import TableStore
+    from serving.daily import run_daily
+
+    home = state.home.ensure()
+    d = _parse_date(day, "--date") or data_end(TableStore(home.store).require_current())
+    res = run_daily(home, d, model=model_version, catalog_path=catalog, ray_address=ray_address,
+                    log=lambda m: out.print(m, highlight=False, markup=False))
+    s = res.summary()
+    t = RichTable("family", "listed", title=f"decisions for {d}")
+    for fam, k in sorted(s["by_family"].items()):
+        t.add_row(fam, f"{k:,}")
+    t.add_row("control group (no action)", f"{s['control_group']:,}")
+    out.print(t)
+    out.print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in s['seconds'].items())}")
+
+
 @bench_app.command("recsys")
 def bench_recsys(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (LightGCN format or MovieLens 100K).")],

@@ -39,6 +39,10 @@ def built(home):
 
 
 def test_indexes_are_logged_to_the_model_version(home, built):
+    import os
+    # Pointing MLflow at a home must not leak into the environment (children and later homes would
+    # silently use this store, and put artifacts under ./mlruns).
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     mv = registry.model_version(home, "champion")
     assert mv.tags[INDEX_TAG] == built.build_id
     assert built.products["kind"] == "flat" and built.customers["kind"] == "hnsw"

@@ -59,6 +59,20 @@ class Bundle:
             self._model = m.eval()
         return self._model
 
+    def propensity(self, user_rows: np.ndarray) -> np.ndarray:
+        """[len(user_rows), m] calibrated P(opens the product within the horizon), from the model score.
+
+        Raises when the bundle has no calibration (trained before it existed, or too few openings).
+        """
+        cal = self.meta.get("propensity")
+        if not cal:
+            raise BundleError(f"model {self.meta.get('registered_version', self.path)} has no propensity "
+                              f"calibration (too few openings to fit, or an older bundle): retrain it")
+        off = np.array([cal["offsets"].get(p, 0.0) for p in self.product_ids], np.float32)
+        s = self.user_emb[user_rows] @ self.item_emb.T + self.item_bias[None, :]
+        z = cal["a"] * s + cal["b"] + off[None, :]
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
+
     def recommend(self, customer_ids: list[str], k: int = 5) -> pd.DataFrame:
         """Top-``k`` products per known customer (held products excluded): customer_id, rank, product_id, score."""
         index = pd.Index(self.customer_ids)

@@ -68,7 +68,9 @@ class RunReport:
     seconds: dict = field(default_factory=dict)
 
 
-def _features(home: Home, version: StoreVersion, as_of: date) -> pd.DataFrame:
+def features_at(home: Home, version: StoreVersion, as_of: date) -> pd.DataFrame:
+    """Features and state at ``as_of``: the materialized ones when they come from this store version,
+    else computed point-in-time."""
     if as_of in available_as_of(home) and manifest(home, as_of).get("store_content_hash") == version.content_hash:
         return read_features(home, as_of)
     return compute_features(version, as_of)
@@ -90,7 +92,7 @@ def default_as_of(home: Home) -> date:
 def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     version = TableStore(home.store).require_current()
     as_of = as_of or default_as_of(home)
-    feats = _features(home, version, as_of)
+    feats = features_at(home, version, as_of)
     if feats.empty:
         raise StoreError(f"no customers onboarded before {as_of}: nothing to train on")
     graph = build_graph(version, feats, as_of)
@@ -103,7 +105,7 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     past = as_of - timedelta(days=h)
     labels = label_frame(version, past, h)
     if len(labels):
-        past_feats = _features(home, version, past).merge(labels[["customer_id", "label_churn"]], on="customer_id")
+        past_feats = features_at(home, version, past).merge(labels[["customer_id", "label_churn"]], on="customer_id")
         y = past_feats["label_churn"].astype(bool).to_numpy()
         if 0 < y.sum() < len(y):
             data.churn_x = graph.encoder.transform(past_feats)
@@ -125,6 +127,64 @@ def embed(model: HybridGNN, prepared: Prepared) -> tuple[np.ndarray, np.ndarray,
     if model.churn is not None:
         churn = torch.sigmoid(model.churn_logit(torch.from_numpy(full.churn_x))).numpy()
     return u.numpy(), i.numpy(), churn
+
+
+@torch.no_grad()
+def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_days: int = 90,
+              negatives: int = 300_000, shrink: float = 1.0, seed: int = 0) -> dict | None:
+    """Map the model score to P(the customer opens the product within ``horizon_days``).
+
+    The evidence is the validation acquisitions that ``prepare`` hid from the graph: with the model's
+    embeddings of that graph, the hidden pairs are positives and every other pair the customer did not
+    hold is a negative (sampled, with weights). The fit is a Platt scaling ``sigmoid(a * score + b +
+    offset[product])`` whose per-product offsets carry an L2 penalty ``shrink`` (products with few
+    openings stay near the shared fit). Only ``valid_share`` of the acquisitions were hidden, so the
+    intercept is raised by ``log(1 / valid_share)``. None when there are too few openings to fit.
+    """
+    d = prepared.data
+    if d.valid_users is None or len(d.valid_users) < 20:
+        return None
+    model = model.eval().cpu()
+    adj = graph_adjacency(d, torch.device("cpu"))
+    ux = torch.from_numpy(d.user_x) if model.user_mlp is not None else None
+    ix = torch.from_numpy(d.item_x) if model.item_mlp is not None else None
+    u, i, _, _ = model(adj, ux, ix)
+    m = d.num_items
+    train_codes = np.unique(d.train_users * m + d.train_items)
+    pos_codes = np.unique(d.valid_users * m + d.valid_items)
+    rng = np.random.default_rng(seed)
+    cand = rng.integers(0, d.num_users * m, size=negatives * 2)
+    cand = np.unique(cand[~np.isin(cand, train_codes) & ~np.isin(cand, pos_codes)])[:negatives]
+    total_neg = d.num_users * m - len(train_codes) - len(pos_codes)
+    codes = np.concatenate([pos_codes, cand])
+    y = np.concatenate([np.ones(len(pos_codes)), np.zeros(len(cand))]).astype(np.float32)
+    w = np.concatenate([np.ones(len(pos_codes)), np.full(len(cand), total_neg / max(len(cand), 1))]).astype(np.float32)
+    users, items = codes // m, codes % m
+    s = model.score(u[torch.from_numpy(users)], i, torch.from_numpy(items)).float()
+    mu, sd = float(s.mean()), float(s.std()) + 1e-6
+    x = (s - mu) / sd
+    yt, wt, it = torch.from_numpy(y), torch.from_numpy(w / w.mean()), torch.from_numpy(items)
+    a = torch.ones(1, requires_grad=True)
+    base = float(np.log(max(y @ w, 1e-9) / max((1 - y) @ w, 1e-9)))
+    b = torch.full((1,), base, requires_grad=True)
+    off = torch.zeros(m, requires_grad=True)
+    opt = torch.optim.LBFGS([a, b, off], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logit = a * x + b + off[it]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yt, weight=wt, reduction="sum") / wt.sum()
+        loss = loss + shrink * (off ** 2).sum() / len(y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    a_ = float(a) / sd
+    b_ = float(b) - float(a) * mu / sd + float(np.log(1.0 / max(valid_share, 1e-6)))
+    return {"method": "platt_per_product", "horizon_days": horizon_days, "a": a_, "b": b_,
+            "offsets": {pid: float(o) for pid, o in zip(prepared.graph.product_ids, off.detach().numpy())},
+            "positives": int(len(pos_codes)), "negatives_sampled": int(len(cand)), "valid_share": valid_share}
 
 
 def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
@@ -259,6 +319,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         log(f"trained in {seconds['train']:.1f} s; best epoch {result.best_epoch}")
 
         t = time.perf_counter()
+        propensity = calibrate(result.model, prepared, cfg.data.valid_share, cfg.evaluation.horizon_days)
         user_emb, item_emb, churn = embed(result.model, prepared)
         bias = (result.model.item_bias.detach().numpy() if result.model.item_bias is not None
                 else np.zeros(d.num_items, np.float32))
@@ -278,6 +339,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                 "store_content_hash": prepared.version.content_hash, "feature_hash": prepared.feature_hash,
                 "code_version": registry.code_version(), "best_epoch": result.best_epoch,
                 "rec_columns": prepared.graph.rec_columns.tolist(), "evaluation": evaluation,
+                "propensity": propensity,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         held = np.stack([prepared.full.train_users, prepared.full.train_items])
         bundle_dir = Path(tempfile.mkdtemp(prefix="nba-bundle-")) / "bundle"

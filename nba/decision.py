@@ -1,0 +1,571 @@
+"""Next-best-action decisions: one action (or none) per client for a day, and why.
+
+:func:`decide` scores every client against every catalog action as one [clients x actions x channels]
+computation, in chunks:
+
+1. **propensity** per (client, action): product offers from the model's calibrated probability of
+   opening the product within 90 days; retention offers from churn risk x the offer's save rate; care
+   contacts from the care moment (its trigger) x base rate x (1 + weight x (1 - health / 100)).
+2. **hard policies**, in this order, each named in the decision's trace with the actions it removed:
+   ``eligibility`` (age, segment, trigger, churn and asset floors, a model score), ``already_held``,
+   ``suitability`` (investment risk within tolerance and a risk assessment younger than 12 months;
+   protected clients, 65+ or vulnerable: no product above risk 2 and RM review, so in person only),
+   ``complaint_first`` (open complaint: no product or retention offers), ``consent`` (per channel, no
+   record = not allowed; ``marketing`` for offers), ``cooldown`` (same action recently; declined
+   action or family), ``contact_cap`` (outbound contacts + NBA actions in 30 days) and ``one_per_day``.
+3. **channel and priority**: priority = propensity x channel response x value x lever - action cost -
+   channel cost, at the best allowed channel. Families compare on this one scale.
+4. **control group**: a deterministic share per family (hash of client, family and day) gets no action;
+   the row names the action it would have had.
+5. **capacity**: in-person channels (branch, phone, WeChat) are carried out by the client's RM within
+   ``daily_capacity``. Each client's best in-person option competes with its best digital one; per RM
+   the clients with the largest gain ``in_person - max(digital, 0)`` get the in-person action, the
+   others their digital one. This maximises the book's total priority under the capacity.
+
+The module depends on nothing but numpy and pandas: the model's outputs come in as arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+from nba.catalog import Catalog
+from nba.schema import CHANNELS
+
+RULES = ("eligibility", "already_held", "suitability", "complaint_first", "consent", "cooldown", "contact_cap",
+         "one_per_day")
+DECISION_COLUMNS = ("date", "rm_id", "customer_id", "action_family", "action_id", "product_id", "channel",
+                    "priority", "propensity", "value", "reasons", "talking_points", "policy_trace",
+                    "model_version", "control_group", "decision_id", "in_person", "rm_review", "feature_hash",
+                    "lifecycle_stage", "health_score", "complaint_state", "emotional_state")
+HISTORY_COLUMNS = ("customer_id", "action_id", "action_family", "decided", "outcome", "outcome_date", "control_group")
+AGE_BANDS = (0, 30, 45, 65, 200)
+AGE_BAND_NAMES = ("under 30", "30-44", "45-64", "65+")
+
+
+def empty_history() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in HISTORY_COLUMNS})
+
+
+@dataclass
+class Inputs:
+    """What the engine needs beyond the features: the model's outputs, aligned with the feature rows."""
+
+    product_propensity: np.ndarray  # [n, len(catalog.products)] P(open in 90 days); NaN: not scored
+    churn: np.ndarray               # [n] churn probability; NaN: unknown
+    model_version: str = ""
+
+    def take(self, idx) -> Inputs:
+        return Inputs(self.product_propensity[idx], self.churn[idx], self.model_version)
+
+
+def _f(df: pd.DataFrame, col: str, fill: float = np.nan) -> np.ndarray:
+    return pd.to_numeric(df[col], errors="coerce").astype("float64").fillna(fill).to_numpy()
+
+
+def _b(df: pd.DataFrame, col: str) -> np.ndarray:
+    return df[col].fillna(False).astype(bool).to_numpy()
+
+
+def held_matrix(feats: pd.DataFrame, product_ids: pd.Index) -> np.ndarray:
+    """[n, m] bool: the client holds the product (from ``held_products``)."""
+    s = feats["held_products"].fillna("").astype(str)
+    out = np.zeros((len(feats), len(product_ids)), bool)
+    codes = {p: j for j, p in enumerate(product_ids)}
+    for i, text in enumerate(s.to_numpy()):
+        if text:
+            for p in text.split("|"):
+                j = codes.get(p)
+                if j is not None:
+                    out[i, j] = True
+    return out
+
+
+def control_draw(customer_ids: np.ndarray, family: np.ndarray, day: date) -> np.ndarray:
+    """Uniform [0, 1) per (client, family, day), stable across runs, machines and versions."""
+    d = day.isoformat()
+    out = np.empty(len(customer_ids))
+    for i, (c, f) in enumerate(zip(customer_ids, family)):
+        h = hashlib.blake2b(f"{c}|{f}|{d}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "big") / 2**64
+    return out
+
+
+def decision_id(day: date, customer_id: str, action_id: str) -> str:
+    return "N" + hashlib.blake2b(f"{day}|{customer_id}|{action_id}".encode(), digest_size=8).hexdigest()
+
+
+def feature_hashes(feats: pd.DataFrame) -> np.ndarray:
+    """A short hash of each client's feature row (dtype-stable: values as text)."""
+    cols = sorted(c for c in feats.columns if c != "state_evidence")
+    text = pd.Series("", index=feats.index, dtype="string")
+    for c in cols:
+        col = feats[c]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            col = pd.to_numeric(col).astype("float64").round(6)  # int and float spellings hash alike
+        text = text + "|" + col.astype("string").fillna("<NA>")
+    return np.array([hashlib.blake2b(t.encode(), digest_size=6).hexdigest() for t in text], dtype=object)
+
+
+class _History:
+    """Per (client, action) days since the last decision and the last decline; per client the NBA
+    contacts of the last 30 days and whether an action is already decided for the day."""
+
+    def take(self, idx) -> _History:
+        out = object.__new__(_History)
+        out.contacts_30d, out.today = self.contacts_30d[idx], self.today[idx]
+        out.since_action, out.since_decline = self.since_action[idx], self.since_decline[idx]
+        out.since_family_decline = {k: v[idx] for k, v in self.since_family_decline.items()}
+        return out
+
+    def __init__(self, history: pd.DataFrame, ids: pd.Index, catalog: Catalog, day: date):
+        n, A = len(ids), len(catalog.actions)
+        self.contacts_30d = np.zeros(n)
+        self.today = np.zeros(n, bool)
+        self.since_action = np.full((n, A), np.inf)
+        self.since_decline = np.full((n, A), np.inf)
+        self.since_family_decline = {f: np.full(n, np.inf) for f in ("product_offer", "care_contact", "retention_offer")}
+        if history is None or history.empty:
+            return
+        h = history.copy()
+        h["row"] = ids.get_indexer(h["customer_id"])
+        h = h[h["row"] >= 0]
+        dec = pd.to_datetime(h["decided"]).dt.date
+        h["ago"] = [(day - d).days for d in dec]
+        h = h[h["ago"] >= 0]
+        acted = h[~h["control_group"].fillna(False).astype(bool)]
+        recent = acted[(acted["ago"] < 30) & (acted["ago"] > 0)]
+        self.contacts_30d = np.bincount(recent["row"], minlength=n).astype(float)
+        self.today[acted.loc[acted["ago"] == 0, "row"].to_numpy()] = True
+        aidx = {a.action_id: j for j, a in enumerate(catalog.actions)}
+        acted = acted.assign(col=acted["action_id"].map(aidx))
+        known = acted.dropna(subset=["col"])
+        if len(known):
+            g = known.groupby(["row", "col"])["ago"].min()
+            self.since_action[g.index.get_level_values(0), g.index.get_level_values(1).astype(int)] = g.to_numpy()
+        declines = h[h["outcome"] == "declined"].copy()
+        if len(declines):
+            od = pd.to_datetime(declines["outcome_date"].fillna(declines["decided"])).dt.date
+            declines["dago"] = [(day - d).days for d in od]
+            declines = declines[declines["dago"] >= 0]
+            declines["col"] = declines["action_id"].map(aidx)
+            k = declines.dropna(subset=["col"])
+            if len(k):
+                g = k.groupby(["row", "col"])["dago"].min()
+                self.since_decline[g.index.get_level_values(0), g.index.get_level_values(1).astype(int)] = g.to_numpy()
+            for fam, grp in declines.groupby("action_family"):
+                if fam in self.since_family_decline:
+                    g = grp.groupby("row")["dago"].min()
+                    self.since_family_decline[fam][g.index.to_numpy()] = g.to_numpy()
+
+
+@dataclass
+class _Static:
+    """Per-action arrays of the catalog."""
+
+    fam: np.ndarray       # [A] family code 0 offer, 1 care, 2 retention
+    prod: np.ndarray      # [A] product column (-1 none)
+    ch: np.ndarray        # [A, C] allowed channels
+    cost: np.ndarray      # [A]
+    lever: np.ndarray     # [A]
+    cooldown: np.ndarray  # [A]
+    resp: np.ndarray      # [C]
+    ccost: np.ndarray     # [C]
+    in_person: np.ndarray  # [C]
+
+
+FAMILIES = ("product_offer", "care_contact", "retention_offer")
+
+
+def _static(catalog: Catalog) -> _Static:
+    A, C = len(catalog.actions), len(CHANNELS)
+    pidx = {p: j for j, p in enumerate(catalog.products.index)}
+    ch = np.zeros((A, C), bool)
+    for j, a in enumerate(catalog.actions):
+        for c in a.channels:
+            ch[j, CHANNELS.index(c)] = True
+    cfg = catalog.config.channels
+    return _Static(
+        fam=np.array([FAMILIES.index(a.family) for a in catalog.actions]),
+        prod=np.array([pidx[a.product_id] if a.product_id else -1 for a in catalog.actions]),
+        ch=ch, cost=np.array([a.cost for a in catalog.actions]), lever=np.array([a.lever for a in catalog.actions]),
+        cooldown=np.array([a.cooldown_days for a in catalog.actions], float),
+        resp=np.array([cfg[c].response for c in CHANNELS]), ccost=np.array([cfg[c].cost for c in CHANNELS]),
+        in_person=np.array([cfg[c].in_person for c in CHANNELS]))
+
+
+def _care_triggers(feats: pd.DataFrame, catalog: Catalog, day: date) -> dict[str, np.ndarray]:
+    out = {}
+    for name, c in catalog.config.care_contacts.items():
+        if c.trigger == "birthday":
+            t = _b(feats, "birthday_in_14d")
+        elif c.trigger == "silence":
+            # No outbound contact on record counts as silence once the client is older than the window.
+            since = _f(feats, "days_since_last_outbound", np.nan)
+            t = np.where(np.isnan(since), _f(feats, "tenure_days", 0) >= c.silence_days, since >= c.silence_days)
+        elif c.trigger == "complaint":
+            t = (_f(feats, "open_complaints", 0) > 0) | (_f(feats, "days_since_resolved_complaint", np.inf) <= c.within_days)
+        elif c.trigger == "td_maturity":
+            t = _b(feats, "td_maturity_in_14d")
+        elif c.trigger == "anniversary":
+            t = _b(feats, "anniversary_in_14d") & (_f(feats, "tenure_days", 0) >= 300)
+        else:  # holiday
+            t = np.full(len(feats), day.strftime("%m-%d") in (c.dates or []))
+        out[f"care:{name}"] = t
+    return out
+
+
+def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, day: date) -> dict:
+    """Propensity, value, policies and the best in-person and digital option of each client in ``f``
+    (``inputs`` and ``history`` aligned with its rows)."""
+    S = _static(catalog)
+    n, A, C = len(f), len(catalog.actions), len(CHANNELS)
+    pol = catalog.policy
+    prods = catalog.products
+    m = len(prods)
+    age = _f(f, "age", 0)
+    protected = (age >= pol.suitability.protected_age) | _b(f, "vulnerable")
+    held = held_matrix(f, prods.index)
+    margins = prods["annual_margin"].to_numpy(float)
+    client_margin = held.astype(float) @ margins
+    health = _f(f, "health_score", 50)
+    churn = inputs.churn
+    assets = _f(f, "total_assets", 0)
+    open_complaint = _f(f, "open_complaints", 0) > 0
+
+    # --- propensity and value ---------------------------------------------------------------------
+    P = np.zeros((n, A))
+    V = np.zeros((n, A))
+    elig = np.ones((n, A), bool)
+    pp = inputs.product_propensity
+    offer_cols = np.flatnonzero(S.fam == 0)
+    P[:, offer_cols] = np.nan_to_num(pp[:, S.prod[offer_cols]], nan=0.0)
+    V[:, offer_cols] = margins[S.prod[offer_cols]] * pol.value_years * S.lever[offer_cols]
+    segs = f["segment"].astype(str).to_numpy()
+    for j in offer_cols:
+        p = prods.iloc[S.prod[j]]
+        ok_seg = np.isin(segs, str(p["eligible_segments"]).split("|"))
+        elig[:, j] = (age >= float(p["min_age"])) & ok_seg & ~np.isnan(pp[:, S.prod[j]])
+    triggers = _care_triggers(f, catalog, day)
+    for j, a in enumerate(catalog.actions):
+        if a.care is not None:
+            t = triggers[a.action_id]
+            P[:, j] = np.where(t, a.care.base_rate * (1 + a.care.health_weight * (1 - health / 100)), 0.0)
+            V[:, j] = a.care.value
+            elig[:, j] = t
+        elif a.retention is not None:
+            r = a.retention
+            P[:, j] = np.nan_to_num(churn, nan=0.0) * r.save_rate
+            V[:, j] = client_margin * catalog.config.retention_offers.value_years
+            elig[:, j] = ~np.isnan(churn) & (np.nan_to_num(churn) >= r.min_churn) & (assets >= r.min_assets) \
+                & (client_margin > 0)
+
+    # --- hard policies, in order; removed_by: the first rule that removed the action (0: passed) -----
+    removed_by = np.zeros((n, A), np.int8)
+
+    def apply(rule: str, removes: np.ndarray) -> None:
+        hit = removes & (removed_by == 0)
+        removed_by[hit] = RULES.index(rule) + 1
+
+    apply("eligibility", ~elig)
+    is_offer = S.fam == 0
+    held_a = np.zeros((n, A), bool)
+    held_a[:, offer_cols] = held[:, S.prod[offer_cols]]
+    apply("already_held", held_a)
+    # Suitability: investment products within risk tolerance and a fresh assessment; protected clients
+    # get nothing above the protected risk level, and their product offers need an RM (in person).
+    suit = pol.suitability
+    risk = np.zeros(A)
+    invest = np.zeros(A, bool)
+    risk[offer_cols] = prods["risk_level"].to_numpy(float)[S.prod[offer_cols]]
+    invest[offer_cols] = prods["category"].isin(suit.investment_categories).to_numpy()[S.prod[offer_cols]]
+    tol = _f(f, "risk_tolerance", 0)
+    assessed = _f(f, "risk_assessment_age_days", np.inf) < suit.assessment_max_age_days
+    unsuitable = invest[None, :] & ((risk[None, :] > tol[:, None]) | ~assessed[:, None])
+    unsuitable |= is_offer[None, :] & protected[:, None] & (risk[None, :] > suit.protected_max_risk)
+    rm_review = is_offer[None, :] & protected[:, None]
+    # Channels: the action's own, consent per channel, marketing consent for offers, in person for review.
+    consent = np.stack([_b(f, f"consent_{c}") for c in CHANNELS], axis=1)  # [n, C]
+    marketing = _b(f, "consent_marketing")
+    needs_marketing = S.fam != 1
+    chan = S.ch[None, :, :] & np.ones((n, 1, 1), bool)
+    in_person_only = chan & S.in_person[None, None, :]
+    chan = np.where(rm_review[:, :, None], in_person_only, chan)
+    unsuitable |= rm_review & ~chan.any(axis=2)  # review needed but the action has no in-person channel
+    apply("suitability", unsuitable)
+    apply("complaint_first", open_complaint[:, None] & (S.fam != 1)[None, :])
+    chan &= consent[:, None, :]
+    chan &= ~(needs_marketing[None, :, None] & ~marketing[:, None, None])
+    apply("consent", ~chan.any(axis=2))
+    cool = history.since_action < S.cooldown[None, :]
+    cool |= history.since_decline < pol.decline_cooldown_days
+    for fi, fam in enumerate(FAMILIES):
+        fam_block = history.since_family_decline[fam] < pol.family_decline_cooldown_days
+        cool |= fam_block[:, None] & (S.fam == fi)[None, :]
+    apply("cooldown", cool)
+    contacts = _f(f, "outbound_30d", 0) + history.contacts_30d
+    apply("contact_cap", (contacts >= pol.max_contacts_per_30d)[:, None] & np.ones((1, A), bool))
+    apply("one_per_day", history.today[:, None] & np.ones((1, A), bool))
+
+    # --- expected value per channel; best in-person and best digital option -------------------------
+    ok = (removed_by == 0)[:, :, None] & chan
+    ev = P[:, :, None] * S.resp[None, None, :] * V[:, :, None] - S.ccost[None, None, :] - S.cost[None, :, None]
+    ev = np.where(ok, ev, -np.inf)
+    best = {}
+    for name, mask in (("ip", S.in_person), ("dg", ~S.in_person)):
+        e = np.where(mask[None, None, :], ev, -np.inf).reshape(n, A * C)
+        k = np.argmax(e, axis=1)
+        pr = e[np.arange(n), k]
+        valid = np.isfinite(pr) & (pr > pol.min_priority)
+        best[name] = (np.where(valid, pr, -np.inf), k // C, k % C)
+    return {"P": P, "V": V, "removed_by": removed_by, "rm_review": rm_review, "chan_ok": ok.any(axis=2),
+            "best": best, "held": held, "protected": protected, "churn": churn}
+
+
+def assign(rm: np.ndarray, ip: np.ndarray, dg: np.ndarray, capacity: dict[str, int]) -> np.ndarray:
+    """Which clients get their in-person option: per RM the ``capacity`` largest positive gains
+    ``ip - max(dg, 0)``. ``ip``/``dg`` are priorities (-inf: no option). Returns a bool mask.
+
+    Optimal: total = sum of each client's digital-or-nothing value + the gains of the chosen, and the
+    chosen set is any set of at most ``capacity`` clients, so the largest gains maximise it.
+    """
+    base = np.where(np.isfinite(dg), np.maximum(dg, 0), 0.0)
+    gain = np.where(np.isfinite(ip), ip - base, -np.inf)
+    frame = pd.DataFrame({"rm": rm, "gain": gain})
+    frame = frame[frame["gain"] > 0]
+    chosen = np.zeros(len(rm), bool)
+    if frame.empty:
+        return chosen
+    frame = frame.sort_values(["rm", "gain"], ascending=[True, False], kind="stable")
+    frame["rank"] = frame.groupby("rm").cumcount()
+    frame["cap"] = frame["rm"].map(capacity).fillna(0).astype(int)
+    chosen[frame.index[frame["rank"] < frame["cap"]].to_numpy()] = True
+    return chosen
+
+
+def options(feats: pd.DataFrame, catalog: Catalog, inputs: Inputs, hist: _History, day: date,
+            chunk: int = 200_000) -> pd.DataFrame:
+    """Each client's best in-person and best digital option: priority (-inf: none), action, channel."""
+    n = len(feats)
+    cols = {k: np.empty(n, t) for k, t in (("ip_p", float), ("ip_a", int), ("ip_c", int),
+                                          ("dg_p", float), ("dg_a", int), ("dg_c", int))}
+    for s in range(0, n, chunk):
+        idx = np.arange(s, min(n, s + chunk))
+        out = score(feats.iloc[idx], catalog, inputs.take(idx), hist.take(idx), day)
+        for name in ("ip", "dg"):
+            p_, a_, c_ = out["best"][name]
+            cols[f"{name}_p"][idx], cols[f"{name}_a"][idx], cols[f"{name}_c"][idx] = p_, a_, c_
+    return pd.DataFrame(cols)
+
+
+def decide(feats: pd.DataFrame, catalog: Catalog, inputs: Inputs, capacity: dict[str, int], day: date,
+           history: pd.DataFrame | None = None, chunk: int = 200_000,
+           precomputed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The day's decisions: one row per client given an action (control-group rows included).
+
+    ``precomputed``: the :func:`options` of every client, computed elsewhere (Ray Data).
+    """
+    feats = feats.reset_index(drop=True)
+    n = len(feats)
+    if inputs.product_propensity.shape != (n, len(catalog.products)):
+        raise ValueError(f"product_propensity has shape {inputs.product_propensity.shape}, expected "
+                         f"({n}, {len(catalog.products)})")
+    ids = pd.Index(feats["customer_id"].astype(str))
+    hist = _History(history if history is not None else empty_history(), ids, catalog, day)
+    opt = precomputed if precomputed is not None else options(feats, catalog, inputs, hist, day, chunk)
+    ip_p, ip_a, ip_c = (opt[c].to_numpy() for c in ("ip_p", "ip_a", "ip_c"))
+    dg_p, dg_a, dg_c = (opt[c].to_numpy() for c in ("dg_p", "dg_a", "dg_c"))
+
+    # Control group: a random share of the clients who would get an action today, by the family of that
+    # action. They are drawn after a first assignment (so they are comparable with the treated), and
+    # the capacity they free goes to the next clients in a second assignment.
+    rm = feats["rm_id"].astype(str).to_numpy()
+    first_ip = assign(rm, ip_p, dg_p, capacity)
+    first_dg = ~first_ip & np.isfinite(dg_p)
+    would = first_ip | first_dg
+    would_a = np.where(first_ip, ip_a, dg_a)
+    fam_of = np.array([FAMILIES.index(a.family) for a in catalog.actions])
+    fam_names = np.array(FAMILIES, dtype=object)[fam_of[would_a]]
+    shares = np.array([catalog.policy.control_share.get(fam, 0.0) for fam in FAMILIES])[fam_of[would_a]]
+    control = would & (control_draw(ids.to_numpy(), fam_names, day) < shares)
+
+    in_person = assign(rm, np.where(control, -np.inf, ip_p), np.where(control, -np.inf, dg_p), capacity)
+    digital = ~in_person & ~control & np.isfinite(dg_p)
+    chosen = control | in_person | digital
+    ctrl_ip = control & first_ip
+    act = np.where(control, would_a, np.where(in_person, ip_a, dg_a))
+    chn = np.where(ctrl_ip | (~control & in_person), ip_c, dg_c)
+    pri = np.where(ctrl_ip | (~control & in_person), ip_p, dg_p)
+    note = np.where(control, "control_group", np.where(
+        in_person, "in_person_within_capacity",
+        np.where(np.isfinite(ip_p), "digital_rm_capacity_full_or_lower_gain", "digital")))
+    rows = np.flatnonzero(chosen)
+    # The chosen clients are scored again for what their rows show (propensity, value, trace).
+    detail = score(feats.iloc[rows], catalog, inputs.take(rows), hist.take(rows), day) if len(rows) else None
+    return _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, inputs)
+
+
+def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, inputs) -> pd.DataFrame:
+    if not len(rows):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+    f = feats.iloc[rows].reset_index(drop=True)
+    a_idx, c_idx = act[rows], chn[rows]
+    ar = np.arange(len(rows))
+    P, V = detail["P"][ar, a_idx], detail["V"][ar, a_idx]
+    review = detail["rm_review"][ar, a_idx]
+    traces = []
+    ids = np.array([a.action_id for a in catalog.actions], dtype=object)
+    removed_by, passed = detail["removed_by"], (detail["removed_by"] == 0) & detail["chan_ok"]
+    for i, r in enumerate(rows):
+        rb = removed_by[i]
+        trace = {rule: ids[rb == k + 1].tolist() for k, rule in enumerate(RULES)}
+        trace["passed"] = ids[passed[i]].tolist()
+        trace["chosen"] = {"action_id": ids[a_idx[i]], "channel": CHANNELS[c_idx[i]], "assignment": str(note[r])}
+        traces.append(json.dumps(trace, separators=(",", ":")))
+    actions = [catalog.actions[j] for j in a_idx]
+    channels = np.array(CHANNELS, dtype=object)[c_idx]
+    cohort = _cohort_shares(feats, catalog)
+    reasons, points = explain(f, actions, P, detail["churn"], catalog, cohort, review)
+    out = pd.DataFrame({
+        "date": day.isoformat(),
+        "rm_id": f["rm_id"].astype(str).to_numpy(),
+        "customer_id": f["customer_id"].astype(str).to_numpy(),
+        "action_family": [a.family for a in actions],
+        "action_id": [a.action_id for a in actions],
+        "product_id": [a.product_id for a in actions],
+        "channel": channels,
+        "priority": pri[rows].astype(float).round(4),
+        "propensity": P.round(5),
+        "value": V.round(2),
+        "reasons": reasons,
+        "talking_points": points,
+        "policy_trace": traces,
+        "model_version": inputs.model_version,
+        "control_group": control[rows],
+        "decision_id": [decision_id(day, c, a.action_id) for c, a in zip(f["customer_id"], actions)],
+        "in_person": [catalog.config.channels[c].in_person for c in channels],
+        "rm_review": review,
+        "feature_hash": feature_hashes(f),
+        "lifecycle_stage": f["lifecycle_stage"].astype(str).to_numpy(),
+        "health_score": _f(f, "health_score"),
+        "complaint_state": f["complaint_state"].astype(str).to_numpy(),
+        "emotional_state": f["emotional_state"].astype(str).to_numpy(),
+    })
+    return out.sort_values(["rm_id", "control_group", "priority"], ascending=[True, True, False],
+                           kind="stable", ignore_index=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Reasons and talking points
+
+
+def age_band(age: np.ndarray) -> np.ndarray:
+    return np.array(AGE_BAND_NAMES, dtype=object)[np.clip(np.searchsorted(AGE_BANDS, age, side="right") - 1, 0, 3)]
+
+
+def _cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Share of clients holding each product, per segment x age band (for 'clients like this one')."""
+    held = held_matrix(feats, catalog.products.index)
+    key = feats["segment"].astype(str).to_numpy() + "|" + age_band(_f(feats, "age", 0))
+    frame = pd.DataFrame(held, columns=catalog.products.index)
+    frame["cohort"] = key
+    return frame.groupby("cohort").mean()
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
+            cohort: pd.DataFrame, review: np.ndarray) -> tuple[list[str], list[str]]:
+    """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision, from the evidence."""
+    prods = catalog.products
+    reasons, points = [], []
+    age = _f(f, "age", 0)
+    bands = age_band(age)
+    for i, a in enumerate(actions):
+        r = f.iloc[i]
+        codes, tp = [], []
+        health = float(r.get("health_score", np.nan))
+        stage = r.get("lifecycle_stage")
+        if a.family == "product_offer":
+            p = prods.loc[a.product_id]
+            codes.append("model_propensity")
+            tp.append(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days")
+            key = f"{r['segment']}|{bands[i]}"
+            share = float(cohort.loc[key, a.product_id]) if key in cohort.index else 0.0
+            if share >= 0.2:
+                codes.append("peer_adoption")
+                tp.append(f"Clients like this one hold {p['name']}: {_pct(share)} of {r['segment']} clients aged "
+                          f"{bands[i]} do")
+            if review[i]:
+                codes.append("rm_review_required")
+                tp.append("Protected client (65+ or vulnerable): RM to review suitability in person before offering")
+            elif p["category"] in catalog.policy.suitability.investment_categories:
+                codes.append("suitable_risk")
+                tp.append(f"Risk level {int(p['risk_level'])} within the client's tolerance "
+                          f"{int(r['risk_tolerance'])} (assessed {int(r['risk_assessment_age_days'])} days ago)")
+        elif a.family == "retention_offer":
+            codes.append("churn_risk")
+            facts = [f"Churn risk {_pct(churn[i])}"]
+            trend = r.get("total_assets_trend_90d")
+            if pd.notna(trend) and trend <= -0.1:
+                codes.append("assets_declining")
+                facts.append(f"assets down {_pct(-trend)} in 90 days")
+            since = r.get("days_since_last_contact")
+            if pd.notna(since) and since >= 60:
+                codes.append("long_silence")
+                facts.append(f"last contact {int(since)} days ago")
+            if r.get("emotional_state") in ("negative", "escalating"):
+                codes.append("negative_sentiment")
+                facts.append(f"recent contacts {r['emotional_state']}")
+            tp.append("; ".join(facts))
+            ret = a.retention
+            tp.append(f"Offer {a.action_id.split(':', 1)[1].replace('_', ' ')}: keeps about {_pct(ret.save_rate)} "
+                      f"of clients at risk; relationship worth {float(r.get('total_assets', 0)):,.0f} in assets")
+        else:
+            c = a.care
+            t = c.trigger
+            if t == "birthday":
+                codes.append("birthday")
+                d = int(r["days_to_birthday"])
+                tp.append("Birthday today" if d == 0 else f"Birthday in {d} day{'s' if d != 1 else ''} "
+                          f"(turns {int(age[i]) + 1})")
+            elif t == "silence":
+                codes.append("silence")
+                since = r.get("days_since_last_outbound")
+                tp.append(f"No outbound contact on record in {int(r['tenure_days'])} days as a client" if pd.isna(since)
+                          else f"No contact from the bank for {int(since)} days")
+            elif t == "complaint":
+                if float(r.get("open_complaints", 0) or 0) > 0:
+                    codes.append("complaint_open")
+                    sev = {1: "low", 2: "medium", 3: "high"}.get(int(r.get("open_complaint_max_severity") or 0), "")
+                    tp.append(f"Open complaint{f' ({sev} severity)' if sev else ''}: follow up on its resolution; "
+                              f"no offers until it is resolved")
+                else:
+                    codes.append("complaint_resolved")
+                    tp.append(f"Complaint resolved {int(r['days_since_resolved_complaint'])} days ago: "
+                              f"check the client is satisfied")
+            elif t == "td_maturity":
+                codes.append("td_maturity")
+                tp.append(f"Term deposit matures in {int(r['days_to_td_maturity'])} days: discuss reinvestment")
+            elif t == "anniversary":
+                codes.append("anniversary")
+                years = int(round(float(r["tenure_days"]) / 365.25 + 0.5))
+                tp.append(f"{years} year{'s' if years != 1 else ''} with the bank in "
+                          f"{int(r['days_to_onboarding_anniversary'])} days")
+            else:
+                codes.append("holiday")
+                tp.append("Seasonal greeting")
+        if len(tp) < 3 and pd.notna(health):
+            codes.append(f"lifecycle_{stage}")
+            tp.append(f"Relationship health {health:.0f}/100, {stage} client")
+        reasons.append("|".join(codes))
+        points.append(" || ".join(tp[:3]))
+    return reasons, points

@@ -1,0 +1,294 @@
+"""``nba daily --date D``: every client scored, the day's actions assigned to RMs, lists written.
+
+Inputs: the live store version (products, RMs and their capacity, action outcomes), the features and
+customer state at D (materialized, else computed point-in-time), and a registered model version (its
+calibrated product propensities and churn). Earlier days' own decision files count towards contact caps
+and cooldowns until their outcomes come back through the store (matched on ``decision_id``).
+
+Output, under ``$NBA_HOME/daily/<D>/``: ``decisions.parquet`` (one row per client given an action, the
+control group included), ``rm/<rm_id>.csv`` and a printable ``rm/<rm_id>.html`` per RM, and
+``manifest.json``. A run writes into ``daily/.runs/<D>-<id>/`` and then atomically repoints the link
+``daily/<D>`` to it, under a per-date lock: a killed run leaves the previous complete output; the same
+inputs give the same decisions (idempotent).
+
+With a Ray address (``--ray-address`` or ``$RAY_ADDRESS``) the scoring runs as Ray Data ``map_batches``
+over client blocks; the assignment to RMs, which needs each whole book, runs on the driver.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import html
+import json
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feature_store.store import TableStore
+from nba.catalog import Catalog, load_catalog
+from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
+from nba.errors import NBAError, StoreError
+from nba.home import Home
+from training import registry
+from training.pipeline import features_at
+
+HISTORY_DAYS = 120
+RM_COLUMNS = ("customer_id", "action_family", "action_id", "product_id", "channel", "in_person", "rm_review",
+              "priority", "propensity", "reasons", "talking_points", "lifecycle_stage", "health_score",
+              "complaint_state", "emotional_state", "decision_id")
+
+
+class DailyError(NBAError):
+    """The daily run cannot proceed (no model, no features, a run in progress for the date)."""
+
+
+@dataclass
+class DailyResult:
+    day: date
+    path: Path
+    decisions: pd.DataFrame
+    seconds: dict = field(default_factory=dict)
+    model_version: int = 0
+
+    def summary(self) -> dict:
+        d = self.decisions
+        listed = d[~d.control_group]
+        return {"date": str(self.day), "decisions": len(d), "control_group": int(d.control_group.sum()),
+                "in_person": int(listed.in_person.sum()), "digital": int((~listed.in_person).sum()),
+                "by_family": listed.action_family.value_counts().to_dict(), "rms": int(listed.rm_id.nunique()),
+                "model_version": self.model_version, "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+
+
+@contextmanager
+def _date_lock(home: Home, day: date):
+    locks = home.daily / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fh = open(locks / f"{day}.lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DailyError(f"another daily run for {day} is in progress (lock {locks / f'{day}.lock'})") from None
+        yield
+    finally:
+        fh.close()
+
+
+def history(home: Home, version, day: date) -> pd.DataFrame:
+    """Decisions of the last HISTORY_DAYS before ``day``: outcomes from the store, plus the earlier daily
+    runs' own decisions whose outcomes have not come back yet."""
+    start = day - timedelta(days=HISTORY_DAYS)
+    frames = []
+    if "action_outcomes" in version.tables:
+        o = version.read("action_outcomes").to_pandas()
+        o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(day + timedelta(days=1)))]
+        # One decision may have several outcome rows (shown, reached, declined): keep each row for
+        # declines, one per decision for counting (_History counts rows per decision only once via ago).
+        o = o.sort_values("outcome_at")
+        declines = o[o["outcome"] == "declined"]
+        firsts = o.drop_duplicates("decision_id")
+        rows = pd.concat([firsts[firsts["outcome"] != "declined"], declines]).drop_duplicates("decision_id", keep="last")
+        frames.append(pd.DataFrame({
+            "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
+            "decided": rows["decided_at"].dt.date, "outcome": rows["outcome"],
+            "outcome_date": rows["outcome_at"].dt.date, "control_group": False}))
+        seen = set(o["decision_id"])
+    else:
+        seen = set()
+    for d in range(1, HISTORY_DAYS + 1):
+        past = day - timedelta(days=d)
+        f = home.daily / past.isoformat() / "decisions.parquet"
+        if f.exists():
+            p = pd.read_parquet(f, columns=["decision_id", "customer_id", "action_id", "action_family", "control_group"])
+            p = p[~p["decision_id"].isin(seen)]
+            frames.append(pd.DataFrame({"customer_id": p["customer_id"], "action_id": p["action_id"],
+                                        "action_family": p["action_family"], "decided": past, "outcome": None,
+                                        "outcome_date": None, "control_group": p["control_group"]}))
+    if not frames:
+        return empty_history()
+    return pd.concat(frames, ignore_index=True)[list(HISTORY_COLUMNS)]
+
+
+def model_inputs(bundle, feats: pd.DataFrame, catalog: Catalog, version_label: str) -> Inputs:
+    """Product propensities and churn for the feature rows (NaN for clients the model does not know)."""
+    rows = pd.Index(bundle.customer_ids).get_indexer(feats["customer_id"].astype(str))
+    known = rows >= 0
+    m = len(catalog.products)
+    pp = np.full((len(feats), m), np.nan, np.float32)
+    col = pd.Index(bundle.product_ids).get_indexer(catalog.products.index)
+    if known.any():
+        full = bundle.propensity(rows[known])
+        have = col >= 0
+        block = np.full((int(known.sum()), m), np.nan, np.float32)
+        block[:, have] = full[:, col[have]]
+        pp[known] = block
+    churn = np.full(len(feats), np.nan, np.float32)
+    if bundle.churn is not None:
+        churn[known] = bundle.churn[rows[known]]
+    return Inputs(pp, churn, version_label)
+
+
+def _options_with_ray(feats, catalog, inputs, day, hist, address: str) -> pd.DataFrame:
+    """Each client's best options (:func:`nba.decision.options`), computed over Ray Data blocks.
+
+    The blocks do the per-client work; the driver then runs the control draw and the capacity
+    assignment over whole books, so the decisions equal the local path's.
+    """
+    import ray
+
+    from nba import decision as dmod
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, log_to_driver=False, configure_logging=False)
+    frame = feats.reset_index(drop=True).copy()
+    frame["_row"] = np.arange(len(frame))
+    ctx = {"catalog": catalog, "pp": inputs.product_propensity, "churn": inputs.churn, "hist": hist, "day": day}
+
+    def block(batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch["_row"].to_numpy()
+        f = batch.drop(columns="_row").reset_index(drop=True)
+        h = dmod._History(ctx["hist"], pd.Index(f["customer_id"].astype(str)), ctx["catalog"], ctx["day"])
+        out = dmod.options(f, ctx["catalog"], dmod.Inputs(ctx["pp"][rows], ctx["churn"][rows]), h, ctx["day"])
+        out["_row"] = rows
+        return out
+
+    blocks = max(2, -(-len(frame) // 100_000))
+    res = (ray.data.from_pandas(frame).repartition(blocks)
+           .map_batches(block, batch_format="pandas", batch_size=None).to_pandas())
+    return res.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+
+
+def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, catalog_path: Path | None = None,
+              ray_address: str | None = None, log=lambda m: None, _kill_at: str | None = None) -> DailyResult:
+    """Score every client for ``day``, assign actions to RMs and write the day's lists atomically."""
+    seconds = {}
+    t = time.perf_counter()
+    version = TableStore(home.store).require_current()
+    products = version.read("products").to_pandas()
+    catalog = load_catalog(products, catalog_path)
+    rms = version.read("relationship_managers").to_pandas()
+    capacity = dict(zip(rms["rm_id"].astype(str), rms["daily_capacity"].astype(int)))
+    feats = features_at(home, version, day)
+    if feats.empty:
+        raise DailyError(f"no clients onboarded before {day}")
+    mv = registry.model_version(home, model)
+    bundle = registry.bundle_of(home, mv)
+    label = f"nba/{mv.version}"
+    inputs = model_inputs(bundle, feats, catalog, label)
+    hist = history(home, version, day)
+    seconds["load"] = time.perf_counter() - t
+    log(f"{len(feats):,} clients at {day}; model {label} (as of {bundle.meta.get('as_of')}); "
+        f"{len(catalog.actions)} actions; {len(hist):,} decisions in the last {HISTORY_DAYS} days")
+
+    t = time.perf_counter()
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        opts = _options_with_ray(feats.reset_index(drop=True), catalog, inputs, day, hist, address)
+        decisions = decide(feats, catalog, inputs, capacity, day, hist, precomputed=opts)
+    else:
+        decisions = decide(feats, catalog, inputs, capacity, day, hist)
+    seconds["decide"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    path = write(home, day, decisions, {"model": label, "store_version": version.name, "catalog": str(catalog_path or
+                 "configs/actions.yaml"), "clients": len(feats), "ray_address": address}, _kill_at=_kill_at)
+    seconds["write"] = time.perf_counter() - t
+    res = DailyResult(day, path, decisions, seconds, int(mv.version))
+    s = res.summary()
+    log(f"{s['decisions']:,} decisions ({s['in_person']:,} in person, {s['digital']:,} digital, "
+        f"{s['control_group']:,} control) for {s['rms']:,} RMs; by family {s['by_family']}; written to {path}")
+    return res
+
+
+def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: str | None = None) -> Path:
+    """Write aside, then switch ``daily/<day>`` to the new run in one rename; old runs are removed after."""
+    home.daily.mkdir(parents=True, exist_ok=True)
+    with _date_lock(home, day):
+        runs = home.daily / ".runs"
+        runs.mkdir(exist_ok=True)
+        run = runs / f"{day}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        run.mkdir()
+        table = decisions[list(DECISION_COLUMNS)]
+        table.to_parquet(run / "decisions.parquet", index=False)
+        if _kill_at == "after_parquet":
+            os.kill(os.getpid(), 9)
+        rm_dir = run / "rm"
+        rm_dir.mkdir()
+        listed = table[~table["control_group"]]
+        for rm_id, g in listed.groupby("rm_id", sort=True):
+            g = g.sort_values(["in_person", "priority"], ascending=[False, False], kind="stable")
+            g[list(RM_COLUMNS)].to_csv(rm_dir / f"{rm_id}.csv", index=False)
+            (rm_dir / f"{rm_id}.html").write_text(rm_html(rm_id, day, g, meta.get("model", "")))
+        (run / "manifest.json").write_text(json.dumps({**meta, "date": str(day), "rows": len(table),
+                                                       "listed": len(listed), "rms": int(listed.rm_id.nunique()),
+                                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                                      indent=2, default=str))
+        if _kill_at == "before_switch":
+            os.kill(os.getpid(), 9)
+        link = home.daily / day.isoformat()
+        if link.exists() and not link.is_symlink():
+            raise DailyError(f"{link} exists and is not a link written by nba daily; move it away")
+        previous = link.resolve() if link.is_symlink() else None
+        tmp = home.daily / f".{day}-{uuid.uuid4().hex[:6]}.link"
+        os.symlink(os.path.relpath(run, home.daily), tmp)
+        os.replace(tmp, link)  # atomic: readers see the old run or the new one
+        _fsync_dir(home.daily)
+        if previous is not None and previous != run and previous.parent == runs:
+            shutil.rmtree(previous, ignore_errors=True)
+        for stale in runs.glob(f"{day}-*"):  # left by killed runs
+            if stale != run:
+                shutil.rmtree(stale, ignore_errors=True)
+    return link
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_day(home: Home, day: date) -> pd.DataFrame:
+    f = home.daily / day.isoformat() / "decisions.parquet"
+    if not f.exists():
+        raise StoreError(f"no daily decisions for {day} under {home.daily} (run `nba daily --date {day}`)")
+    return pd.read_parquet(f)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-size:20px;margin:0}
+.meta{color:#555;margin:4px 0 16px}table{border-collapse:collapse;width:100%;font-size:12px}
+th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}th{background:#f2f2f2}
+.fam-retention_offer{border-left:4px solid #c0392b}.fam-care_contact{border-left:4px solid #2e86c1}
+.fam-product_offer{border-left:4px solid #229954}.review{color:#c0392b;font-weight:600}
+ul{margin:0;padding-left:16px}@media print{body{margin:8mm}tr{page-break-inside:avoid}}"""
+
+
+def rm_html(rm_id: str, day: date, g: pd.DataFrame, model: str) -> str:
+    """A printable action list for one RM: in-person actions first, then digital ones for awareness."""
+    e = html.escape
+    rows = []
+    for r in g.itertuples(index=False):
+        points = "".join(f"<li>{e(p)}</li>" for p in str(r.talking_points).split(" || ") if p)
+        review = '<div class="review">RM review required</div>' if r.rm_review else ""
+        rows.append(
+            f'<tr class="fam-{e(r.action_family)}"><td>{e(r.customer_id)}</td><td>{e(r.action_id)}{review}</td>'
+            f"<td>{e(r.channel)}{' (you)' if r.in_person else ' (campaign)'}</td><td>{r.priority:,.2f}</td>"
+            f"<td>{e(str(r.lifecycle_stage))}, health {r.health_score:.0f}, {e(str(r.complaint_state))} complaint, "
+            f"{e(str(r.emotional_state))}</td><td><ul>{points}</ul></td><td>{e(str(r.reasons).replace('|', ', '))}</td>"
+            f"<td></td></tr>")
+    n_ip = int(g["in_person"].sum())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Actions {e(rm_id)} {day}</title>"
+            f"<style>{_CSS}</style></head><body><h1>Next best actions for {e(rm_id)}, {day}</h1>"
+            f"<div class='meta'>{n_ip} to carry out yourself, {len(g) - n_ip} going out through campaigns "
+            f"(for your awareness). Model {e(model)}. Record each outcome: reached, accepted, declined, "
+            f"not reachable.</div><table><tr><th>client</th><th>action</th><th>channel</th><th>priority</th>"
+            f"<th>state</th><th>talking points</th><th>reasons</th><th>outcome</th></tr>{''.join(rows)}"
+            f"</table></body></html>")
