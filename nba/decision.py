@@ -413,7 +413,9 @@ def decide(feats: pd.DataFrame, catalog: Catalog, inputs: Inputs, capacity: dict
 
 def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, inputs) -> pd.DataFrame:
     if not len(rows):
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in DECISION_COLUMNS})
+        types = {"priority": float, "propensity": float, "value": float, "health_score": float,
+                 "control_group": bool, "in_person": bool, "rm_review": bool}
+        return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in DECISION_COLUMNS})
     f = feats.iloc[rows].reset_index(drop=True)
     a_idx, c_idx = act[rows], chn[rows]
     ar = np.arange(len(rows))

@@ -1,0 +1,120 @@
+"""nba daily end to end (issue 7): a trained model and a bank -> decisions.parquet and RM lists; idempotent
+re-runs, a killed run leaves the previous output, caps across days, Ray Data gives the same decisions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from feature_store.ingest import ingest
+from feature_store.store import TableStore
+from nba.config import CONFIG_DIR
+from nba.decision import DECISION_COLUMNS
+from nba.home import Home
+from serving.daily import read_day, run_daily
+from tests.conftest import AS_OF
+from training.config import load_run_config
+from training.pipeline import run_training
+
+DAY = AS_OF
+
+
+@pytest.fixture(scope="module")
+def home(bank, tmp_path_factory) -> Home:
+    h = Home.resolve(tmp_path_factory.mktemp("dailyhome")).ensure()
+    ingest(bank, TableStore(h.store))
+    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=4"])[0]
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None)
+    return h
+
+
+@pytest.fixture(scope="module")
+def first(home):
+    return run_daily(home, DAY)
+
+
+def test_lists_are_written_within_capacity(home, first):
+    d = read_day(home, DAY)
+    assert list(d.columns) == list(DECISION_COLUMNS)
+    assert len(d) > 100 and d.customer_id.is_unique
+    assert set(d.action_family) >= {"care_contact", "product_offer"}
+    assert (d.model_version == "nba/1").all() and d.decision_id.is_unique
+    rms = TableStore(home.store).require_current().read("relationship_managers").to_pandas()
+    cap = dict(zip(rms.rm_id, rms.daily_capacity))
+    listed = d[~d.control_group]
+    per_rm = listed[listed.in_person].groupby("rm_id").size()
+    assert all(k <= cap[r] for r, k in per_rm.items())
+    assert 0 < d.control_group.mean() < 0.12
+    assert (d.talking_points.str.split(r" \|\| ").map(len).between(1, 3)).all() and (d.reasons.str.len() > 0).all()
+    folder = home.daily / str(DAY)
+    for rm_id, g in listed.groupby("rm_id"):
+        csv = pd.read_csv(folder / "rm" / f"{rm_id}.csv")
+        assert set(csv.customer_id) == set(g.customer_id)
+        page = (folder / "rm" / f"{rm_id}.html").read_text()
+        assert f"Next best actions for {rm_id}" in page and g.customer_id.iloc[0] in page
+    assert not set(d[d.control_group].customer_id) & set(pd.concat(
+        pd.read_csv(p) for p in (folder / "rm").glob("*.csv")).customer_id)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["rows"] == len(d) and manifest["model"] == "nba/1"
+
+
+def test_rerun_is_idempotent_and_switches_atomically(home, first):
+    before = read_day(home, DAY)
+    target = (home.daily / str(DAY)).resolve()
+    again = run_daily(home, DAY)
+    assert again.decisions.reset_index(drop=True).equals(first.decisions.reset_index(drop=True))
+    assert (home.daily / str(DAY)).resolve() != target and not target.exists(), "old run removed after switch"
+    assert read_day(home, DAY).equals(before)
+    assert len(list((home.daily / ".runs").glob(f"{DAY}-*"))) == 1
+
+
+def test_next_day_counts_the_days_lists(home, first):
+    nxt = run_daily(home, DAY + timedelta(days=1)).decisions
+    yesterday = first.decisions
+    acted = set(yesterday[~yesterday.control_group].customer_id)
+    # One action yesterday: only clients with room under the 30-day cap can get another today, and never
+    # the same action inside its cooldown.
+    both = nxt[nxt.customer_id.isin(acted)].merge(yesterday[["customer_id", "action_id"]], on="customer_id",
+                                                  suffixes=("", "_y"))
+    assert not (both.action_id == both.action_id_y).any()
+    feats = __import__("training.pipeline", fromlist=["features_at"]).features_at(
+        home, TableStore(home.store).require_current(), DAY + timedelta(days=1)).set_index("customer_id")
+    capped = feats.loc[list(acted), "outbound_30d"] + 1 >= 2
+    assert not set(nxt.customer_id) & set(capped[capped].index)
+
+
+@pytest.mark.parametrize("point", ["after_parquet", "before_switch"])
+def test_killed_run_leaves_previous_output(home, first, point):
+    before = read_day(home, DAY)
+    link = (home.daily / str(DAY)).resolve()
+    code = (f"from datetime import date; from nba.home import Home; from serving.daily import run_daily; "
+            f"run_daily(Home.resolve({str(home.root)!r}), date.fromisoformat({str(DAY)!r}), _kill_at={point!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert r.returncode == -9
+    assert (home.daily / str(DAY)).resolve() == link
+    assert read_day(home, DAY).equals(before)
+    run_daily(home, DAY)  # the next run clears what the killed one left
+    assert len(list((home.daily / ".runs").glob(f"{DAY}-*"))) == 1
+
+
+def test_ray_data_gives_the_same_decisions(home, first, ray_session):
+    via_ray = run_daily(home, DAY, ray_address="local")
+    assert via_ray.decisions.reset_index(drop=True).equals(first.decisions.reset_index(drop=True))
+
+
+def test_cli(home, first):
+    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "--date", str(DAY)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "decisions for" in r.stdout and "control group" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "--date", "2026-13-01"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not a date" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "-m", "7"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no version or alias '7'" in r.stderr

@@ -1,0 +1,362 @@
+"""Decisions (issue 7): property tests over generated clients, products and histories prove that no
+output breaks suitability, consent, the contact cap, complaint-first, held products, cooldowns or RM
+capacity; the assignment is optimal; golden reason codes and talking points; the control group."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nba.catalog import load_catalog, load_catalog_config, resolve
+from nba.decision import DECISION_COLUMNS, Inputs, assign, decide, empty_history
+from nba.errors import ConfigError
+from nba.schema import CHANNELS
+
+DAY = date(2026, 6, 1)
+CATEGORIES = ("deposit", "term_deposit", "card", "loan", "mortgage", "fund", "insurance", "wealth")
+
+
+def products_table(rows: list[dict] | None = None) -> pd.DataFrame:
+    rows = rows or [
+        {"product_id": "SAV", "name": "Savings account", "category": "deposit", "risk_level": 1, "annual_margin": 90.0,
+         "min_age": 16, "eligible_segments": "mass|affluent|private"},
+        {"product_id": "CARD", "name": "Gold card", "category": "card", "risk_level": 1, "annual_margin": 180.0,
+         "min_age": 21, "eligible_segments": "affluent|private"},
+        {"product_id": "FUND", "name": "Equity fund", "category": "fund", "risk_level": 4, "annual_margin": 400.0,
+         "min_age": 18, "eligible_segments": "mass|affluent|private"},
+        {"product_id": "BOND", "name": "Bond fund", "category": "fund", "risk_level": 2, "annual_margin": 240.0,
+         "min_age": 18, "eligible_segments": "mass|affluent|private"},
+        {"product_id": "MORT", "name": "Mortgage", "category": "mortgage", "risk_level": 2, "annual_margin": 1800.0,
+         "min_age": 21, "eligible_segments": "mass|affluent|private"},
+    ]
+    df = pd.DataFrame(rows)
+    df["term_months"] = np.nan
+    return df
+
+
+def catalog_for(products: pd.DataFrame, **policy):
+    cfg = load_catalog_config()
+    raw = cfg.model_dump()
+    raw["product_offers"]["products"] = {}
+    raw["product_offers"]["variants"] = []
+    raw["policy"].update(policy)
+    from nba.catalog import CatalogConfig
+    return resolve(CatalogConfig.model_validate(raw), products)
+
+
+BASE = {
+    "rm_id": "RM1", "age": 40.0, "segment": "affluent", "risk_tolerance": 3, "risk_assessment_age_days": 100,
+    "vulnerable": False, "held_products": "", "health_score": 60.0, "total_assets": 50_000.0,
+    "total_assets_trend_90d": 0.0, "open_complaints": 0, "open_complaint_max_severity": 0,
+    "days_since_resolved_complaint": None, "birthday_in_14d": False, "days_to_birthday": 100,
+    "days_since_last_outbound": 30, "days_since_last_contact": 30, "tenure_days": 1000,
+    "td_maturity_in_14d": False, "days_to_td_maturity": None, "anniversary_in_14d": False,
+    "days_to_onboarding_anniversary": 200, "outbound_30d": 0, "lifecycle_stage": "mature",
+    "complaint_state": "none", "emotional_state": "neutral",
+    **{f"consent_{c}": True for c in CHANNELS}, "consent_marketing": True,
+}
+
+
+def feats_frame(rows: list[dict]) -> pd.DataFrame:
+    out = pd.DataFrame([{**BASE, "customer_id": f"C{i:04d}", **r} for i, r in enumerate(rows)])
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# Property tests
+
+client = st.fixed_dictionaries({
+    "rm_id": st.sampled_from(["RM1", "RM2", "RM3"]),
+    "age": st.floats(17, 95),
+    "segment": st.sampled_from(["mass", "affluent", "private"]),
+    "risk_tolerance": st.integers(1, 5),
+    "risk_assessment_age_days": st.one_of(st.none(), st.integers(0, 800)),
+    "vulnerable": st.booleans(),
+    "held": st.sets(st.integers(0, 5), max_size=3),
+    "health_score": st.floats(0, 100),
+    "total_assets": st.floats(0, 300_000),
+    "open_complaints": st.integers(0, 1),
+    "days_since_resolved_complaint": st.one_of(st.none(), st.integers(0, 60)),
+    "birthday_in_14d": st.booleans(),
+    "days_since_last_outbound": st.one_of(st.none(), st.integers(0, 400)),
+    "td_maturity_in_14d": st.booleans(),
+    "anniversary_in_14d": st.booleans(),
+    "outbound_30d": st.integers(0, 3),
+    "consents": st.lists(st.booleans(), min_size=7, max_size=7),
+    "churn": st.one_of(st.just(float("nan")), st.floats(0, 0.9)),
+    "propensity": st.lists(st.floats(0, 0.6), min_size=6, max_size=6),
+    "history": st.lists(st.tuples(st.integers(0, 12), st.integers(0, 40), st.sampled_from(
+        [None, "declined", "accepted", "reached"]), st.booleans()), max_size=3),
+})
+
+product_row = st.fixed_dictionaries({
+    "category": st.sampled_from(CATEGORIES),
+    "risk_level": st.integers(1, 5),
+    "annual_margin": st.floats(10, 3000),
+    "min_age": st.sampled_from([16, 18, 21, 25]),
+    "eligible_segments": st.sampled_from(["mass|affluent|private", "affluent|private", "private"]),
+})
+
+
+def build_case(clients, prods, caps, max_contacts):
+    products = products_table([{"product_id": f"P{j}", "name": f"Product {j}", **p} for j, p in enumerate(prods)])
+    catalog = catalog_for(products, max_contacts_per_30d=max_contacts)
+    m = len(products)
+    rows, hist = [], []
+    for i, c in enumerate(clients):
+        held = "|".join(f"P{j}" for j in sorted(c["held"]) if j < m)
+        r = {k: v for k, v in c.items() if k not in ("held", "consents", "churn", "propensity", "history")}
+        r["held_products"] = held
+        r["complaint_state"] = "open" if c["open_complaints"] else "none"
+        r["days_to_birthday"] = 5
+        r["days_to_td_maturity"] = 7
+        for ch, ok in zip(list(CHANNELS) + ["marketing"], c["consents"]):
+            r[f"consent_{ch}"] = ok
+        rows.append(r)
+        for a_idx, ago, outcome, ctrl in c["history"]:
+            a = catalog.actions[a_idx % len(catalog.actions)]
+            hist.append({"customer_id": f"C{i:04d}", "action_id": a.action_id, "action_family": a.family,
+                         "decided": DAY - timedelta(days=ago), "outcome": outcome,
+                         "outcome_date": DAY - timedelta(days=ago) if outcome else None, "control_group": ctrl})
+    feats = feats_frame(rows)
+    pp = np.array([c["propensity"][:m] for c in clients], dtype=np.float32).reshape(len(clients), m)
+    churn = np.array([c["churn"] for c in clients], dtype=np.float32)
+    history = pd.DataFrame(hist) if hist else empty_history()
+    return feats, catalog, Inputs(pp, churn, "test"), dict(zip(["RM1", "RM2", "RM3"], caps)), history
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(clients=st.lists(client, min_size=1, max_size=25), prods=st.lists(product_row, min_size=1, max_size=6),
+       caps=st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)), max_contacts=st.integers(1, 3))
+def test_no_decision_ever_breaks_a_policy(clients, prods, caps, max_contacts):
+    feats, catalog, inputs, capacity, history = build_case(clients, prods, caps, max_contacts)
+    out = decide(feats, catalog, inputs, capacity, DAY, history)
+    assert list(out.columns) == list(DECISION_COLUMNS)
+    assert out.customer_id.is_unique, "at most one action per client per day"
+    pol = catalog.policy
+    by_id = feats.set_index("customer_id")
+    products = catalog.products
+    for r in out.itertuples():  # control rows name an action they would have had: it must be admissible too
+        f = by_id.loc[r.customer_id]
+        c = clients[int(r.customer_id[1:])]
+        a = catalog.actions[catalog.index(r.action_id)]
+        assert r.channel in a.channels
+        # consent: the channel, and marketing for offers
+        assert f[f"consent_{r.channel}"], (r.action_id, r.channel)
+        if r.action_family != "care_contact":
+            assert f["consent_marketing"]
+        # complaint first
+        if f["open_complaints"] > 0:
+            assert r.action_family == "care_contact"
+        # contact cap and one per day (earlier NBA actions count, control rows of the past do not)
+        past = [h for h in c["history"] if not h[3]]
+        recent = sum(1 for h in past if 0 < h[1] < 30)
+        assert f["outbound_30d"] + recent < pol.max_contacts_per_30d
+        assert not any(h[1] == 0 for h in past)
+        # cooldowns: same action, declined action, declined family
+        for a_idx, ago, outcome, ctrl in c["history"]:
+            h_action = catalog.actions[a_idx % len(catalog.actions)]
+            if not ctrl and h_action.action_id == r.action_id:
+                assert ago >= a.cooldown_days
+            if outcome == "declined":
+                if h_action.action_id == r.action_id:
+                    assert ago >= pol.decline_cooldown_days
+                if h_action.family == r.action_family:
+                    assert ago >= pol.family_decline_cooldown_days
+        if r.action_family == "product_offer":
+            p = products.loc[r.product_id]
+            held = set(filter(None, f["held_products"].split("|")))
+            assert r.product_id not in held
+            assert f["age"] >= p["min_age"] and f["segment"] in p["eligible_segments"].split("|")
+            protected = f["age"] >= 65 or f["vulnerable"]
+            if p["category"] in pol.suitability.investment_categories:
+                assert p["risk_level"] <= f["risk_tolerance"]
+                assert f["risk_assessment_age_days"] is not None and f["risk_assessment_age_days"] < 365
+            if protected:
+                assert p["risk_level"] <= 2 and r.rm_review and r.in_person, "protected: RM review, in person"
+        if r.action_family == "retention_offer":
+            assert not np.isnan(c["churn"]) and c["churn"] >= a.retention.min_churn
+        trace = json.loads(r.policy_trace)
+        assert r.action_id in trace["passed"] and trace["chosen"]["action_id"] == r.action_id
+    listed = out[~out.control_group]
+    per_rm = listed[listed.in_person].groupby("rm_id").size()
+    for rm_id, k in per_rm.items():
+        assert k <= capacity[rm_id], "RM capacity"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.one_of(st.just(-np.inf), st.floats(-5, 20)),
+                          st.one_of(st.just(-np.inf), st.floats(-5, 20))), min_size=1, max_size=7),
+       st.integers(0, 3), st.integers(0, 3))
+def test_assignment_is_optimal_against_exhaustive_search(clients, cap_a, cap_b):
+    rm = np.array([c[0] for c in clients])
+    ip = np.array([c[1] for c in clients], float)
+    dg = np.array([c[2] for c in clients], float)
+    cap = {"A": cap_a, "B": cap_b}
+    chosen = assign(rm, ip, dg, cap)
+
+    def total(mask):
+        v = 0.0
+        for i in range(len(clients)):
+            if mask[i]:
+                v += ip[i]
+            elif np.isfinite(dg[i]):
+                v += max(dg[i], 0)
+        return v
+
+    for r in ("A", "B"):
+        assert chosen[rm == r].sum() <= cap[r]
+    assert np.isfinite(ip[chosen]).all()
+    best = -np.inf
+    for mask in itertools.product([False, True], repeat=len(clients)):
+        mask = np.array(mask)
+        if any(mask[rm == r].sum() > cap[r] for r in cap) or not np.isfinite(ip[mask]).all():
+            continue
+        best = max(best, total(mask))
+    assert total(chosen) >= best - 1e-9
+
+
+# -------------------------------------------------------------------------------------------------
+# Golden reason codes and talking points
+
+
+def one(row: dict, propensity=None, churn=float("nan"), products=None, history=None, capacity=5, **policy):
+    products = products if products is not None else products_table()
+    catalog = catalog_for(products, **{"control_share": {"product_offer": 0, "care_contact": 0,
+                                                         "retention_offer": 0}, **policy})
+    feats = feats_frame([row])
+    pp = np.array([[(propensity or {}).get(pid, 0.0) for pid in catalog.products.index]], np.float32)
+    out = decide(feats, catalog, Inputs(pp, np.array([churn], np.float32), "v9"), {"RM1": capacity}, DAY,
+                 history)
+    return out, catalog
+
+
+def test_golden_retention_offer():
+    out, _ = one({"held_products": "SAV|MORT", "total_assets_trend_90d": -0.38, "days_since_last_contact": 94,
+                  "days_since_last_outbound": 94, "emotional_state": "negative", "total_assets": 150_000.0,
+                  "lifecycle_stage": "declining", "health_score": 41.0}, churn=0.6)
+    r = out.iloc[0]
+    assert r.action_family == "retention_offer" and r.model_version == "v9"
+    assert r.reasons == "churn_risk|assets_declining|long_silence|negative_sentiment|lifecycle_declining"
+    assert r.talking_points.split(" || ") == [
+        "Churn risk 60%; assets down 38% in 90 days; last contact 94 days ago; recent contacts negative",
+        f"Offer {r.action_id.split(':')[1].replace('_', ' ')}: keeps about "
+        f"{ {'fee_waiver': 20, 'rate_bonus': 30, 'rm_visit': 40}[r.action_id.split(':')[1]] }% of clients at risk; "
+        "relationship worth 150,000 in assets",
+        "Relationship health 41/100, declining client"]
+
+
+def test_golden_product_offer_with_peers_and_suitability():
+    rows = [{"held_products": "SAV|BOND"}] * 3 + [{"held_products": "SAV"}]
+    products = products_table()
+    catalog = catalog_for(products, control_share={"product_offer": 0, "care_contact": 0, "retention_offer": 0})
+    feats = feats_frame(rows)
+    pp = np.tile(np.array([[0.30 if pid == "BOND" else 0.0 for pid in catalog.products.index]], np.float32), (4, 1))
+    out = decide(feats, catalog, Inputs(pp, np.full(4, np.nan, np.float32), "v9"), {"RM1": 5}, DAY)
+    r = out.set_index("customer_id").loc["C0003"]
+    assert r.action_id == "offer:BOND" and r.product_id == "BOND"
+    assert r.reasons == "model_propensity|peer_adoption|suitable_risk"
+    assert r.talking_points.split(" || ") == [
+        "Bond fund: 30% likely to open it within 90 days",
+        "Clients like this one hold Bond fund: 75% of affluent clients aged 30-44 do",
+        "Risk level 2 within the client's tolerance 3 (assessed 100 days ago)"]
+    trace = json.loads(r.policy_trace)
+    assert trace["already_held"] == ["offer:SAV"]
+    assert "offer:FUND" in trace["suitability"]  # risk 4 above tolerance 3
+
+
+def test_golden_protected_client_needs_rm_review_in_person():
+    out, _ = one({"age": 78.0, "segment": "mass"}, propensity={"FUND": 0.5, "BOND": 0.5, "MORT": 0.4})
+    r = out.iloc[0]
+    assert r.action_id == "offer:MORT"  # the risk-4 fund is removed for a protected client
+    assert r.rm_review and r.in_person and r.channel in ("branch", "phone")
+    assert "rm_review_required" in r.reasons
+    assert "Protected client (65+ or vulnerable): RM to review suitability in person before offering" in r.talking_points
+    assert "offer:FUND" in json.loads(r.policy_trace)["suitability"]
+
+
+@pytest.mark.parametrize("row, action, codes, point", [
+    ({"birthday_in_14d": True, "days_to_birthday": 3, "age": 49.6}, "care:birthday", "birthday",
+     "Birthday in 3 days (turns 50)"),
+    ({"days_since_last_outbound": 150}, "care:check_in", "silence", "No contact from the bank for 150 days"),
+    ({"open_complaints": 1, "open_complaint_max_severity": 3, "complaint_state": "open"},
+     "care:complaint_follow_up", "complaint_open",
+     "Open complaint (high severity): follow up on its resolution; no offers until it is resolved"),
+    ({"days_since_resolved_complaint": 6}, "care:complaint_follow_up", "complaint_resolved",
+     "Complaint resolved 6 days ago: check the client is satisfied"),
+    ({"td_maturity_in_14d": True, "days_to_td_maturity": 9}, "care:td_maturity", "td_maturity",
+     "Term deposit matures in 9 days: discuss reinvestment"),
+])
+def test_golden_care_contacts(row, action, codes, point):
+    out, _ = one(row, propensity={"SAV": 0.3, "CARD": 0.3, "FUND": 0.3, "BOND": 0.3} if "open_complaints" in row else None)
+    r = out.iloc[0]
+    assert r.action_id == action and r.action_family == "care_contact"
+    assert r.reasons.split("|")[0] == codes
+    assert r.talking_points.split(" || ")[0] == point
+    if "open_complaints" in row:
+        assert set(json.loads(r.policy_trace)["complaint_first"]) >= {"offer:SAV", "offer:BOND"}
+
+
+def test_blocked_clients_get_nothing():
+    assert one({"outbound_30d": 2, "birthday_in_14d": True})[0].empty  # contact cap
+    assert one({**{f"consent_{c}": False for c in CHANNELS}, "birthday_in_14d": True})[0].empty
+    # Marketing consent withdrawn: care still possible, offers not.
+    out, _ = one({"consent_marketing": False, "birthday_in_14d": True}, propensity=dict.fromkeys(["SAV", "CARD", "FUND", "BOND", "MORT"], 0.5))
+    assert out.iloc[0].action_family == "care_contact"
+    hist = pd.DataFrame([{"customer_id": "C0000", "action_id": "care:birthday", "action_family": "care_contact",
+                          "decided": DAY, "outcome": None, "outcome_date": None, "control_group": False}])
+    assert one({"birthday_in_14d": True}, history=hist)[0].empty  # one action per day
+
+
+def test_capacity_sends_the_rest_digital():
+    rows = [{"days_since_last_outbound": 200 + i, "birthday_in_14d": True} for i in range(6)]
+    catalog = catalog_for(products_table(), control_share={"product_offer": 0, "care_contact": 0, "retention_offer": 0})
+    feats = feats_frame(rows)
+    out = decide(feats, catalog, Inputs(np.zeros((6, 5), np.float32), np.full(6, np.nan, np.float32)),
+                 {"RM1": 2}, DAY)
+    assert out.in_person.sum() == 2 and len(out) == 6
+    assert set(out[~out.in_person].channel) <= {"email", "sms", "app"}
+    assert (out[~out.in_person].action_id == "care:birthday").all()
+
+
+def test_control_group_share_and_determinism():
+    n = 4000
+    rows = [{"birthday_in_14d": True, "rm_id": f"RM{i % 40}"} for i in range(n)]
+    catalog = catalog_for(products_table())
+    feats = feats_frame(rows)
+    inputs = Inputs(np.zeros((n, 5), np.float32), np.full(n, np.nan, np.float32))
+    caps = {f"RM{i}": 10 for i in range(40)}
+    a = decide(feats, catalog, inputs, caps, DAY)
+    b = decide(feats, catalog, inputs, caps, DAY)
+    assert a.equals(b)
+    share = a.control_group.mean()
+    assert 0.04 <= share <= 0.06, share
+    ctrl = a[a.control_group]
+    assert ctrl.action_id.notna().all() and (ctrl.action_family == "care_contact").all()
+    # Capacity is still fully used after the control draw, and control rows are on no list.
+    assert (a[~a.control_group & a.in_person].groupby("rm_id").size() == 10).all()
+    other_day = decide(feats, catalog, inputs, caps, DAY + timedelta(days=1))
+    assert set(other_day[other_day.control_group].customer_id) != set(ctrl.customer_id)
+
+
+def test_catalog_errors_name_the_field(tmp_path):
+    bad = tmp_path / "actions.yaml"
+    bad.write_text("channels: {branch: {response: 1, cost: 1, in_person: true}}\npolicy: {max_contacts_per_30d: 0}\n")
+    with pytest.raises(ConfigError, match="max_contacts_per_30d") as e:
+        load_catalog(products_table(), bad)
+    assert str(bad) in str(e.value)
+    raw = load_catalog_config().model_dump()
+    raw["product_offers"]["products"] = {"NOPE": {"lever": 2.0}}
+    from nba.catalog import CatalogConfig
+    with pytest.raises(ConfigError, match="'NOPE', which is not in the products table"):
+        resolve(CatalogConfig.model_validate(raw), products_table())
+    bad.write_text(bad.read_text().replace("max_contacts_per_30d: 0", "max_contacts_per_30d: 2, surprise: 1"))
+    with pytest.raises(ConfigError, match="surprise"):
+        load_catalog(products_table(), bad)
