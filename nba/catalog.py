@@ -17,7 +17,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nba.config import CONFIG_DIR, load_yaml
+from nba.config import load_yaml
 from nba.errors import ConfigError
 from nba.schema import ACTION_FAMILIES, CHANNELS, PRODUCT_CATEGORIES
 
@@ -218,4 +218,4 @@ def load_catalog(products: pd.DataFrame, path: Path | None = None) -> Catalog:
     return resolve(load_catalog_config(path), products)
 
 
-__all__ = ["Action", "Catalog", "CatalogConfig", "load_catalog", "load_catalog_config", "resolve", "CONFIG_DIR"]
+__all__ = ["Action", "Catalog", "CatalogConfig", "load_catalog", "load_catalog_config", "resolve"]

@@ -458,7 +458,8 @@ def demo(
     seed: Annotated[int, typer.Option()] = 42,
 ) -> None:
     """Run the main job end to end on embedded defaults: generate a bank, ingest it, materialize features,
-    train (a backtest with its evaluation, then the production model), register in MLflow."""
+    train (a backtest with its evaluation, then the production model), register in MLflow, build the
+    FAISS indexes, and decide the day's next best actions with the RMs' lists."""
     home = state.home.ensure()
     out.rule("[bold]1. synthetic bank")
     data_generate(customers=customers, seed=seed, as_of=None, out_dir=home.synthetic, workers=None,
@@ -481,6 +482,9 @@ def demo(
     out.rule("[bold]6. FAISS indexes of the champion: product candidates, lookalike audience")
     index_build(model_version="champion", config=None)
     _demo_retrieval(home)
+    out.rule(f"[bold]7. next best actions for {latest}: every client decided, RM lists written")
+    daily(day=latest.isoformat(), model_version="champion", catalog=None, ray_address=None)
+    _demo_rm_list(home, latest)
     out.print(f"[green]demo complete[/green]: everything lives in {home.root}; MLflow UI: "
               f"mlflow ui --backend-store-uri sqlite:///{home.mlflow_db}")
 
@@ -501,6 +505,22 @@ def _demo_retrieval(home: Home) -> None:
     in_aud = np.isin(r.snapshot.customers.row_of(res.audience["customer_id"].tolist()), list(holders)).mean()
     out.print(f"lookalike audience of {len(res.audience):,} for {len(seeds)} holders of {bundle.product_ids[rare]}: "
               f"{in_aud:.1%} of it already holds the product (base rate {len(holders) / len(ids):.1%})")
+
+
+def _demo_rm_list(home: Home, day) -> None:
+    from serving.daily import read_day
+
+    d = read_day(home, day)
+    listed = d[~d.control_group]
+    rm_id = listed[listed.in_person].rm_id.value_counts().index[0]
+    mine = listed[listed.rm_id == rm_id].sort_values(["in_person", "priority"], ascending=[False, False])
+    t = RichTable("client", "action", "channel", "priority", "talking points",
+                  title=f"{rm_id}'s list for {day} (first 5 of {len(mine)})")
+    for r in mine.head(5).itertuples():
+        t.add_row(r.customer_id, r.action_id + (" (RM review)" if r.rm_review else ""), r.channel,
+                  f"{r.priority:,.1f}", r.talking_points.replace(" || ", "\n"))
+    out.print(t)
+    out.print(f"printable list: {home.daily / str(day) / 'rm' / f'{rm_id}.html'}")
 
 
 def _show_states(home: Home) -> None:

@@ -228,7 +228,6 @@ def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, 
     n, A, C = len(f), len(catalog.actions), len(CHANNELS)
     pol = catalog.policy
     prods = catalog.products
-    m = len(prods)
     age = _f(f, "age", 0)
     protected = (age >= pol.suitability.protected_age) | _b(f, "vulnerable")
     held = held_matrix(f, prods.index)

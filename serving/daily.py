@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_store.store import TableStore
+from feature_store.store import TableStore, _fsync_dir
 from nba.catalog import Catalog, load_catalog
 from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
 from nba.errors import NBAError, StoreError
@@ -248,14 +248,6 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
     return link
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_day(home: Home, day: date) -> pd.DataFrame:
     f = home.daily / day.isoformat() / "decisions.parquet"
     if not f.exists():
@@ -271,6 +263,9 @@ th,td{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}t
 ul{margin:0;padding-left:16px}@media print{body{margin:8mm}tr{page-break-inside:avoid}}"""
 
 
+_COMPLAINT = {"none": "no complaint", "open": "open complaint", "recently_resolved": "complaint recently resolved"}
+
+
 def rm_html(rm_id: str, day: date, g: pd.DataFrame, model: str) -> str:
     """A printable action list for one RM: in-person actions first, then digital ones for awareness."""
     e = html.escape
@@ -281,7 +276,7 @@ def rm_html(rm_id: str, day: date, g: pd.DataFrame, model: str) -> str:
         rows.append(
             f'<tr class="fam-{e(r.action_family)}"><td>{e(r.customer_id)}</td><td>{e(r.action_id)}{review}</td>'
             f"<td>{e(r.channel)}{' (you)' if r.in_person else ' (campaign)'}</td><td>{r.priority:,.2f}</td>"
-            f"<td>{e(str(r.lifecycle_stage))}, health {r.health_score:.0f}, {e(str(r.complaint_state))} complaint, "
+            f"<td>{e(str(r.lifecycle_stage))}, health {r.health_score:.0f}, {e(_COMPLAINT.get(r.complaint_state, ''))}, "
             f"{e(str(r.emotional_state))}</td><td><ul>{points}</ul></td><td>{e(str(r.reasons).replace('|', ', '))}</td>"
             f"<td></td></tr>")
     n_ip = int(g["in_person"].sum())

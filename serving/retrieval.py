@@ -15,7 +15,6 @@ readers switch to it by reference (:meth:`Retriever.refresh`).
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from nba.config import CONFIG_DIR, load_yaml
+from nba.config import load_yaml
 from nba.home import Home
 from training import registry
 from training.bundle import Bundle
@@ -36,7 +35,6 @@ from .index import IndexConfig, IndexSpec, RetrievalError, VectorIndex, self_che
 
 INDEX_TAG = "index_build"
 NEAREST_BUDGET = 2_000_000  # candidate rows a "nearest" lookalike may fetch (seeds x per-seed depth)
-DEFAULT_CONFIG = CONFIG_DIR / "index.yaml"
 
 
 def load_index_config(path: Path | None = None) -> IndexConfig:
@@ -325,15 +323,6 @@ def read_id_file(path: Path) -> list[str]:
     if lines and lines[0] == "customer_id":
         lines = lines[1:]
     return [ln for ln in lines if ln]
-
-
-def cleanup_cache(home: Home, keep: Sequence[str]) -> None:
-    """Remove cached model downloads other than ``keep`` (folder names under NBA_HOME/models)."""
-    root = home.root / "models"
-    if root.exists():
-        for p in root.iterdir():
-            if p.name not in keep:
-                shutil.rmtree(p, ignore_errors=True)
 
 
 __all__ = ["IndexSpec", "IndexConfig", "Retriever", "Snapshot", "build_for_version", "load_for_version",

@@ -119,3 +119,23 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# -------------------------------------------------------------------------------------------------
+# A home with the bank ingested and a tiny model registered (retrieval and daily tests).
+
+
+def trained_home(bank: Path, tmp_path_factory, name: str, epochs: int):
+    from datetime import timedelta
+
+    from feature_store.ingest import ingest
+    from nba.config import CONFIG_DIR
+    from nba.home import Home
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    h = Home.resolve(tmp_path_factory.mktemp(name)).ensure()
+    ingest(bank, TableStore(h.store))
+    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", f"model.epochs={epochs}"])[0]
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None)
+    return h

@@ -11,26 +11,18 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from feature_store.ingest import ingest
 from feature_store.store import TableStore
-from nba.config import CONFIG_DIR
 from nba.decision import DECISION_COLUMNS
 from nba.home import Home
 from serving.daily import read_day, run_daily
-from tests.conftest import AS_OF
-from training.config import load_run_config
-from training.pipeline import run_training
+from tests.conftest import AS_OF, trained_home
 
 DAY = AS_OF
 
 
 @pytest.fixture(scope="module")
 def home(bank, tmp_path_factory) -> Home:
-    h = Home.resolve(tmp_path_factory.mktemp("dailyhome")).ensure()
-    ingest(bank, TableStore(h.store))
-    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=4"])[0]
-    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None)
-    return h
+    return trained_home(bank, tmp_path_factory, "dailyhome", epochs=4)
 
 
 @pytest.fixture(scope="module")

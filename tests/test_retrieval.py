@@ -5,32 +5,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
 
 import numpy as np
 import pytest
 
-from feature_store.ingest import ingest
-from feature_store.store import TableStore
-from nba.config import CONFIG_DIR
 from nba.home import Home
 from serving.index import IndexConfig, IndexSpec, RetrievalError
 from serving.retrieval import INDEX_TAG, Retriever, build_for_version, load_for_version
-from tests.conftest import AS_OF
+from tests.conftest import trained_home
 from training import registry
-from training.config import load_run_config
-from training.pipeline import run_training
 
 APPROX = IndexConfig(customers=IndexSpec(exact_below=1000, kind="hnsw", hnsw_m=16))
 
 
 @pytest.fixture(scope="module")
 def home(bank, tmp_path_factory) -> Home:
-    h = Home.resolve(tmp_path_factory.mktemp("retrievalhome")).ensure()
-    ingest(bank, TableStore(h.store))
-    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=3"])[0]
-    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None)
-    return h
+    return trained_home(bank, tmp_path_factory, "retrievalhome", epochs=3)
 
 
 @pytest.fixture(scope="module")

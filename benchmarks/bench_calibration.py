@@ -1,0 +1,66 @@
+"""Propensity calibration in a backtest (issue 7): predicted against actual product openings.
+
+    python benchmarks/bench_calibration.py --home .nba --model 1
+
+The model must be a backtest (trained at least 90 days before the end of the store's data; `nba demo`
+registers one as version 1). For every (customer, product) not held at the model's as_of, the
+calibrated P(opens within 90 days) is summed per product and compared with the openings that followed.
+Also prints ROC AUC over all pairs. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from feature_store.offline import data_end, label_frame  # noqa: E402
+from feature_store.store import TableStore  # noqa: E402
+from nba.home import Home  # noqa: E402
+from nba.metrics import roc_auc  # noqa: E402
+from training.registry import load_registered  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--model", default="1")
+    args = ap.parse_args()
+    home = Home.resolve(args.home)
+    bundle, version = load_registered(home, args.model)
+    as_of = date.fromisoformat(bundle.meta["as_of"])
+    cal = bundle.meta.get("propensity") or {}
+    horizon = int(cal.get("horizon_days", 90))
+    store = TableStore(home.store).require_current()
+    if as_of + timedelta(days=horizon) > data_end(store):
+        raise SystemExit(f"model {version} (as of {as_of}) is not a backtest: the store ends {data_end(store)}")
+    labels = label_frame(store, as_of, horizon).set_index("customer_id").reindex(bundle.customer_ids)
+    P = bundle.propensity(np.arange(len(bundle.customer_ids)))
+    held = np.zeros(P.shape, bool)
+    held[bundle.held[0], bundle.held[1]] = True
+    col = {p: j for j, p in enumerate(bundle.product_ids)}
+    Y = np.zeros(P.shape, bool)
+    for r, s in enumerate(labels["label_opened_products"].fillna("").to_numpy()):
+        for p in filter(None, s.split("|")):
+            if p in col:
+                Y[r, col[p]] = True
+    Y &= ~held
+    pred = np.where(held, 0, P).sum(axis=0)
+    act = Y.sum(axis=0)
+    out = {"model_version": version, "as_of": str(as_of), "horizon_days": horizon, "customers": len(P),
+           "predicted_openings": round(float(pred.sum()), 1), "actual_openings": int(act.sum()),
+           "ratio": round(float(pred.sum() / max(act.sum(), 1)), 3),
+           "roc_auc": round(roc_auc(Y[~held], P[~held]), 4),
+           "per_product": {p: {"predicted": round(float(pred[j]), 1), "actual": int(act[j])}
+                           for p, j in sorted(col.items())}}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
