@@ -4,7 +4,8 @@
 
 The model must be a backtest (trained at least 90 days before the end of the store's data; `nba demo`
 registers one as version 1). For every (customer, product) not held at the model's as_of, the
-calibrated P(opens within 90 days) is summed per product and compared with the openings that followed.
+calibrated P(opens within 90 days) is summed per product and compared with the openings that followed,
+for the established clients (tenure >= 90 days at as_of: the population offers go to) and for all.
 Also prints ROC AUC over all pairs. Prints JSON.
 """
 
@@ -24,6 +25,7 @@ from feature_store.offline import data_end, label_frame  # noqa: E402
 from feature_store.store import TableStore  # noqa: E402
 from nba.home import Home  # noqa: E402
 from nba.metrics import roc_auc  # noqa: E402
+from training.pipeline import features_at  # noqa: E402
 from training.registry import load_registered  # noqa: E402
 
 
@@ -51,14 +53,18 @@ def main() -> None:
             if p in col:
                 Y[r, col[p]] = True
     Y &= ~held
-    pred = np.where(held, 0, P).sum(axis=0)
-    act = Y.sum(axis=0)
-    out = {"model_version": version, "as_of": str(as_of), "horizon_days": horizon, "customers": len(P),
-           "predicted_openings": round(float(pred.sum()), 1), "actual_openings": int(act.sum()),
-           "ratio": round(float(pred.sum() / max(act.sum(), 1)), 3),
-           "roc_auc": round(roc_auc(Y[~held], P[~held]), 4),
-           "per_product": {p: {"predicted": round(float(pred[j]), 1), "actual": int(act[j])}
-                           for p, j in sorted(col.items())}}
+    feats = features_at(home, store, as_of).set_index("customer_id").reindex(bundle.customer_ids)
+    established = feats["tenure_days"].fillna(0).to_numpy() >= horizon
+    out = {"model_version": version, "as_of": str(as_of), "horizon_days": horizon}
+    for name, rows in (("established", established), ("all", np.ones(len(P), bool))):
+        h, p_, y_ = held[rows], P[rows], Y[rows]
+        pred = np.where(h, 0, p_).sum(axis=0)
+        act = y_.sum(axis=0)
+        out[name] = {"customers": int(rows.sum()), "predicted_openings": round(float(pred.sum()), 1),
+                     "actual_openings": int(act.sum()), "ratio": round(float(pred.sum() / max(act.sum(), 1)), 3),
+                     "roc_auc": round(roc_auc(y_[~h], p_[~h]), 4),
+                     "per_product": {p: {"predicted": round(float(pred[j]), 1), "actual": int(act[j])}
+                                     for p, j in sorted(col.items())}}
     print(json.dumps(out, indent=1))
 
 

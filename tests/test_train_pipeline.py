@@ -151,3 +151,31 @@ def test_ray_ddp_two_workers(small_data, ray_session, tmp_path):
                  tmp_path / "ray", "ddp-test")
     assert [h["workers"] for h in result.history] == [2, 2]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_bundle_carries_a_calibrated_propensity(first_run, home):
+    """Predicted openings over the 90 days after as_of are within a factor 1.5 of the actual ones."""
+    from feature_store.offline import label_frame
+    from training.bundle import load_bundle
+
+    b = load_bundle(first_run.bundle_dir)
+    cal = b.meta["propensity"]
+    assert cal["positives"] > 50 and set(cal["offsets"]) == set(b.product_ids) and cal["a"] > 0
+    P = b.propensity(np.arange(len(b.customer_ids)))
+    assert P.shape == (len(b.customer_ids), len(b.product_ids)) and ((P > 0) & (P < 1)).all()
+    held = np.zeros(P.shape, bool)
+    held[b.held[0], b.held[1]] = True
+    labels = label_frame(TableStore(home.store).require_current(), TRAIN_AS_OF, 90).set_index("customer_id")
+    labels = labels.reindex(b.customer_ids)["label_opened_products"].fillna("")
+    col = {p: j for j, p in enumerate(b.product_ids)}
+    actual = sum(1 for r, s in enumerate(labels) for p in filter(None, s.split("|")) if p in col and not held[r, col[p]])
+    predicted = float(P[~held].sum())
+    assert actual / 1.5 < predicted < actual * 1.5, (predicted, actual)
+    # Ranking: opened pairs score higher than the rest.
+    from nba.metrics import roc_auc
+    Y = np.zeros(P.shape, bool)
+    for r, s in enumerate(labels):
+        for p in filter(None, s.split("|")):
+            if p in col:
+                Y[r, col[p]] = True
+    assert roc_auc(Y[~held], P[~held]) > 0.6

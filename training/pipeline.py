@@ -55,6 +55,7 @@ class Prepared:
     feature_hash: str
     churn_rows: int = 0
     churn_rate: float = float("nan")
+    tenure_days: np.ndarray | None = None  # [num_users] in graph order (for the propensity calibration)
 
 
 @dataclass
@@ -100,6 +101,8 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     data = graph.interactions(weights, valid_share=cfg.data.valid_share, seed=cfg.data.valid_seed)
     full = graph.interactions(weights)
     prepared = Prepared(graph, data, full, as_of, version, frame_hash(feats))
+    prepared.tenure_days = (feats.sort_values("customer_id")["tenure_days"].astype("float64").to_numpy()
+                            if "tenure_days" in feats else None)
     # Churn examples: features a horizon ago, churn within the horizon that followed.
     h = cfg.data.churn_horizon_days
     past = as_of - timedelta(days=h)
@@ -142,7 +145,15 @@ def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_
     intercept is raised by ``log(1 / valid_share)``. None when there are too few openings to fit.
     """
     d = prepared.data
-    if d.valid_users is None or len(d.valid_users) < 20:
+    if d.valid_users is None:
+        return None
+    # Established clients only: a client onboarded inside the window "acquires" its first products, which
+    # says nothing about what an existing client will open next (the population the offers go to).
+    established = np.ones(d.num_users, bool)
+    if prepared.tenure_days is not None and len(prepared.tenure_days) == d.num_users:
+        established = np.nan_to_num(prepared.tenure_days, nan=0.0) >= horizon_days
+    keep = established[d.valid_users]
+    if keep.sum() < 20:
         return None
     model = model.eval().cpu()
     adj = graph_adjacency(d, torch.device("cpu"))
@@ -151,11 +162,14 @@ def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_
     u, i, _, _ = model(adj, ux, ix)
     m = d.num_items
     train_codes = np.unique(d.train_users * m + d.train_items)
-    pos_codes = np.unique(d.valid_users * m + d.valid_items)
+    pos_codes = np.unique(d.valid_users[keep] * m + d.valid_items[keep])
+    all_valid = np.unique(d.valid_users * m + d.valid_items)
+    pool = np.flatnonzero(established)
     rng = np.random.default_rng(seed)
-    cand = rng.integers(0, d.num_users * m, size=negatives * 2)
-    cand = np.unique(cand[~np.isin(cand, train_codes) & ~np.isin(cand, pos_codes)])[:negatives]
-    total_neg = d.num_users * m - len(train_codes) - len(pos_codes)
+    cand = pool[rng.integers(0, len(pool), size=negatives * 2)] * m + rng.integers(0, m, size=negatives * 2)
+    cand = np.unique(cand[~np.isin(cand, train_codes) & ~np.isin(cand, all_valid)])[:negatives]
+    held_established = int(established[d.train_users].sum())
+    total_neg = len(pool) * m - held_established - len(pos_codes)
     codes = np.concatenate([pos_codes, cand])
     y = np.concatenate([np.ones(len(pos_codes)), np.zeros(len(cand))]).astype(np.float32)
     w = np.concatenate([np.ones(len(pos_codes)), np.full(len(cand), total_neg / max(len(cand), 1))]).astype(np.float32)
@@ -184,7 +198,8 @@ def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_
     b_ = float(b) - float(a) * mu / sd + float(np.log(1.0 / max(valid_share, 1e-6)))
     return {"method": "platt_per_product", "horizon_days": horizon_days, "a": a_, "b": b_,
             "offsets": {pid: float(o) for pid, o in zip(prepared.graph.product_ids, off.detach().numpy())},
-            "positives": int(len(pos_codes)), "negatives_sampled": int(len(cand)), "valid_share": valid_share}
+            "positives": int(len(pos_codes)), "negatives_sampled": int(len(cand)), "valid_share": valid_share,
+            "population": f"clients with tenure >= {horizon_days} days"}
 
 
 def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
