@@ -90,8 +90,8 @@ def history(home: Home, version, day: date) -> pd.DataFrame:
     if "action_outcomes" in version.tables:
         o = version.read("action_outcomes").to_pandas()
         o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(day + timedelta(days=1)))]
-        # One decision may have several outcome rows (shown, reached, declined): keep each row for
-        # declines, one per decision for counting (_History counts rows per decision only once via ago).
+        # A decision may have several outcome rows (shown, reached, declined): keep one per decision,
+        # the decline when there is one (declines drive the cooldowns).
         o = o.sort_values("outcome_at")
         declines = o[o["outcome"] == "declined"]
         firsts = o.drop_duplicates("decision_id")

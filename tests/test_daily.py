@@ -110,3 +110,30 @@ def test_cli(home, first):
     r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "-m", "7"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no version or alias '7'" in r.stderr
+
+
+def test_outcomes_close_the_loop(home, first, tmp_path):
+    """An RM records a decline through the normal append ingest: the decision counts once, as declined,
+    and the declined action is not proposed again inside its cooldown. (Last: it changes the store.)"""
+    from feature_store.ingest import ingest
+    from serving.daily import history
+
+    d = first.decisions
+    r = d[~d.control_group & (d.action_family == "product_offer")].iloc[0]
+    folder = tmp_path / "outcomes"
+    folder.mkdir()
+    pd.DataFrame([{"decision_id": r.decision_id, "customer_id": r.customer_id, "action_family": r.action_family,
+                   "action_id": r.action_id, "product_id": r.product_id, "channel": r.channel,
+                   "decided_at": f"{DAY}T09:00:00", "outcome": "declined", "outcome_at": f"{DAY}T15:00:00"}]
+                 ).to_csv(folder / "action_outcomes.csv", index=False)
+    store = TableStore(home.store)
+    ingest(folder, store, mode="append")
+    h = history(home, store.require_current(), DAY + timedelta(days=1))
+    mine = h[(h.customer_id == r.customer_id) & (h.action_id == r.action_id)]
+    assert len(mine) == 1 and mine.outcome.iloc[0] == "declined"
+    later = run_daily(home, DAY + timedelta(days=20)).decisions
+    again = later[(later.customer_id == r.customer_id)]
+    assert not (again.action_id == r.action_id).any()
+    if len(again):
+        trace = json.loads(again.policy_trace.iloc[0])
+        assert r.action_id in trace["cooldown"] or r.action_id in trace["eligibility"] + trace["already_held"]
