@@ -149,9 +149,13 @@ def _options_with_ray(feats, catalog, inputs, day, hist, address: str) -> pd.Dat
         ray.init(address=None if address == "local" else address, log_to_driver=False, configure_logging=False)
     frame = feats.reset_index(drop=True).copy()
     frame["_row"] = np.arange(len(frame))
-    ctx = {"catalog": catalog, "pp": inputs.product_propensity, "churn": inputs.churn, "hist": hist, "day": day}
+    # The shared inputs go to the object store once; each block reads them from there (a closure that
+    # captured them would ship them with every task).
+    ctx_ref = ray.put({"catalog": catalog, "pp": inputs.product_propensity, "churn": inputs.churn,
+                       "hist": hist, "day": day})
 
     def block(batch: pd.DataFrame) -> pd.DataFrame:
+        ctx = ray.get(ctx_ref)
         rows = batch["_row"].to_numpy()
         f = batch.drop(columns="_row").reset_index(drop=True)
         h = dmod._History(ctx["hist"], pd.Index(f["customer_id"].astype(str)), ctx["catalog"], ctx["day"])
