@@ -490,8 +490,7 @@ def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, ca
     reasons, points = [], []
     age = _f(f, "age", 0)
     bands = age_band(age)
-    for i, a in enumerate(actions):
-        r = f.iloc[i]
+    for i, (a, r) in enumerate(zip(actions, f.to_dict("records"))):
         codes, tp = [], []
         health = float(r.get("health_score", np.nan))
         stage = r.get("lifecycle_stage")

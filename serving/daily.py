@@ -92,10 +92,8 @@ def history(home: Home, version, day: date) -> pd.DataFrame:
         o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(day + timedelta(days=1)))]
         # A decision may have several outcome rows (shown, reached, declined): keep one per decision,
         # the decline when there is one (declines drive the cooldowns).
-        o = o.sort_values("outcome_at")
-        declines = o[o["outcome"] == "declined"]
-        firsts = o.drop_duplicates("decision_id")
-        rows = pd.concat([firsts[firsts["outcome"] != "declined"], declines]).drop_duplicates("decision_id", keep="last")
+        rows = (o.assign(_declined=o["outcome"] == "declined").sort_values(["_declined", "outcome_at"])
+                .drop_duplicates("decision_id", keep="last"))
         frames.append(pd.DataFrame({
             "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
             "decided": rows["decided_at"].dt.date, "outcome": rows["outcome"],
@@ -121,15 +119,12 @@ def model_inputs(bundle, feats: pd.DataFrame, catalog: Catalog, version_label: s
     """Product propensities and churn for the feature rows (NaN for clients the model does not know)."""
     rows = pd.Index(bundle.customer_ids).get_indexer(feats["customer_id"].astype(str))
     known = rows >= 0
-    m = len(catalog.products)
-    pp = np.full((len(feats), m), np.nan, np.float32)
-    col = pd.Index(bundle.product_ids).get_indexer(catalog.products.index)
+    pp = np.full((len(feats), len(catalog.products)), np.nan, np.float32)
     if known.any():
+        # Catalog products the model does not know (col -1) read the appended NaN column.
+        col = pd.Index(bundle.product_ids).get_indexer(catalog.products.index)
         full = bundle.propensity(rows[known])
-        have = col >= 0
-        block = np.full((int(known.sum()), m), np.nan, np.float32)
-        block[:, have] = full[:, col[have]]
-        pp[known] = block
+        pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, col]
     churn = np.full(len(feats), np.nan, np.float32)
     if bundle.churn is not None:
         churn[known] = bundle.churn[rows[known]]

@@ -59,6 +59,10 @@ class Bundle:
             self._model = m.eval()
         return self._model
 
+    def scores(self, user_rows: np.ndarray) -> np.ndarray:
+        """[len(user_rows), m] model scores: embedding inner products plus the item bias."""
+        return self.user_emb[user_rows] @ self.item_emb.T + self.item_bias[None, :]
+
     def propensity(self, user_rows: np.ndarray) -> np.ndarray:
         """[len(user_rows), m] calibrated P(opens the product within the horizon), from the model score.
 
@@ -69,8 +73,7 @@ class Bundle:
             raise BundleError(f"model {self.meta.get('registered_version', self.path)} has no propensity "
                               f"calibration (too few openings to fit, or an older bundle): retrain it")
         off = np.array([cal["offsets"].get(p, 0.0) for p in self.product_ids], np.float32)
-        s = self.user_emb[user_rows] @ self.item_emb.T + self.item_bias[None, :]
-        z = cal["a"] * s + cal["b"] + off[None, :]
+        z = cal["a"] * self.scores(user_rows) + cal["b"] + off[None, :]
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
 
     def recommend(self, customer_ids: list[str], k: int = 5) -> pd.DataFrame:
@@ -81,7 +84,7 @@ class Bundle:
         if unknown:
             raise BundleError(f"{len(unknown)} customer(s) not in model {self.meta.get('as_of')}: "
                               f"{', '.join(unknown[:5])}")
-        top, scores = top_k(lambda b: self.user_emb[b] @ self.item_emb.T + self.item_bias[None, :], rows,
+        top, scores = top_k(self.scores, rows,
                             len(self.product_ids), k, self.held[0], self.held[1], return_scores=True)
         k, n = top.shape[1], len(rows)
         out = pd.DataFrame({

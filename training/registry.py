@@ -163,7 +163,6 @@ def download(home: Home, mv, subpath: str, dest_name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest_name.replace('/', '_')}-", dir=dest.parent))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri(mv, subpath), dst_path=str(tmp)))
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             local.rename(dest)
         except OSError:  # another process got there first
