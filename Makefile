@@ -1,20 +1,40 @@
 # Two commands for a newcomer: `make demo` runs the main job, `make test` runs the tests.
-# Both create .venv when missing and (re)install the project when pyproject.toml changes.
+# Both create .venv when missing and install the project with the versions pinned in the lock
+# (LOCK, used as pip constraints), again whenever pyproject.toml, the lock or this Makefile changes.
+# `make lock` regenerates the lock after a dependency change in pyproject.toml.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
+# One stamp per install: $(STAMP)-demo has the engine, $(STAMP)-test adds the test and bench extras.
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # FAISS build: GPU where a CUDA driver answers, else CPU.
 FAISS  ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRAS_demo := $(FAISS)
+EXTRAS_test := test,bench,$(FAISS)
+# uv only writes the lock (`make lock`); installs use the venv's pip, which finds the local CPU
+# build of torch where the machine has one, and PyPI's CUDA build for the same pin elsewhere.
+UV_PIN ?= uv==0.13.9
 
-.PHONY: demo test bench redis clean
+.PHONY: demo test bench redis lock clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP)-%: pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,$(FAISS)]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[$(EXTRAS_$*)]'
+	touch $@
+
+# Regenerate the lock from pyproject.toml: every extra (test, bench, cpu, gpu), Python 3.11 and up,
+# markers for each platform, so CPU and CUDA machines install from the same file. Pins that still
+# fit are kept; to move them: `make lock LOCK_ARGS=--upgrade` (all) or
+# `make lock LOCK_ARGS='--upgrade-package pandas'`. Commit the new lock with the pyproject change.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q '$(UV_PIN)'
+	$(BIN)/uv pip compile -q pyproject.toml --universal --python-version 3.11 \
+	  --extra test --extra bench --extra cpu --extra gpu \
+	  --custom-compile-command 'make lock' -o $(LOCK) $(LOCK_ARGS)
 
 # The online-store tests run against a real redis-server (Debian's package), started by the tests.
 redis:
@@ -24,13 +44,15 @@ redis:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null
 
-demo: $(STAMP)
+demo: $(STAMP)-demo
 	$(BIN)/nba demo
 
-test: $(STAMP) redis
+# The layers first (import-linter contracts in pyproject.toml), then the suite.
+test: $(STAMP)-test redis
+	$(BIN)/lint-imports
 	NBA_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q
 
-bench: $(STAMP) redis
+bench: $(STAMP)-test redis
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_features.py
 

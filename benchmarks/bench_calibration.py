@@ -21,12 +21,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bundle.registry import load_registered  # noqa: E402
+from feature_store.materialize import features_at  # noqa: E402
 from feature_store.offline import data_end, label_frame  # noqa: E402
 from feature_store.store import TableStore  # noqa: E402
 from nba.home import Home  # noqa: E402
 from nba.metrics import roc_auc  # noqa: E402
-from training.pipeline import features_at  # noqa: E402
-from training.registry import load_registered  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +53,7 @@ def main() -> None:
             if p in col:
                 Y[r, col[p]] = True
     Y &= ~held
-    feats = features_at(home, store, as_of).set_index("customer_id").reindex(bundle.customer_ids)
+    feats = features_at(home, as_of, store).set_index("customer_id").reindex(bundle.customer_ids)
     established = feats["tenure_days"].fillna(0).to_numpy() >= horizon
     out = {"model_version": version, "as_of": str(as_of), "horizon_days": horizon}
     for name, rows in (("established", established), ("all", np.ones(len(P), bool))):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from feature_store.offline import data_end  # noqa: E402
+from feature_store.materialize import default_as_of  # noqa: E402
 from feature_store.store import TableStore  # noqa: E402
 from nba.home import Home  # noqa: E402
 from serving.daily import run_daily  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--ray-address", default=None, help="score with Ray Data ('local' for a local Ray)")
     args = ap.parse_args()
     home = Home.resolve(args.home)
-    day = args.date or data_end(TableStore(home.store).require_current())
+    day = args.date or default_as_of(TableStore(home.store).require_current())
     first = None
     for i in range(args.repeat):
         t = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.datasets import load_lightgcn  # noqa: E402
+from recsys_bench.datasets import load_lightgcn  # noqa: E402
 from training.loop import InteractionData, TrainConfig, train_loop  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.recsys_bench import run  # noqa: E402, RUF100
+from recsys_bench.harness import run  # noqa: E402, RUF100
 
 
 def write_dataset(directory: Path, users: int, items: int, interactions: int, seed: int = 0) -> int:

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from feature_store.ingest import ingest
 from feature_store.materialize import available_as_of, materialize
 from feature_store.store import TableStore
-from nba.device import resolve_device
 from nba.home import Home
 from nba.synthetic import generate
 from training.config import load_run_config
+from training.device import resolve_device
 from training.loop import train_loop
 from training.pipeline import prepare
 

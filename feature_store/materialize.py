@@ -1,20 +1,19 @@
-"""Materialize features: offline Parquet versioned by as_of, and the online store for serving.
+"""Features at a date: the one way to get them (:func:`features_at`), materialized offline Parquet
+versioned by as_of, and the online store for serving.
 
 Layout under ``$NBA_HOME/features``::
 
     as_of=2026-11-01/features.parquet    one row per customer: nba.features.COLUMNS
-    as_of=2026-11-01/manifest.json       store version + content hash it came from, rows, timings
+    as_of=2026-11-01/manifest.json       store version + content hash and state config it came from
 
-A re-materialization of the same as_of is written beside the old folder and swapped in by renames.
+``as_of=<date>`` is a link to the current build (:func:`nba.atomic.publish_dir`): a re-materialization
+is written aside and switched in by one rename.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -26,7 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nba import features as F
+from nba.atomic import publish_dir
+from nba.config import load_yaml
 from nba.errors import StoreError
 from nba.home import Home
 from nba.state import StateConfig
@@ -36,9 +36,6 @@ from .online import OnlineStore, open_online_store
 from .store import StoreVersion, TableStore
 
 FEATURE_SCHEMA_VERSION = 1
-_MONEY = [n for n, (t, _) in F.FEATURES.items()
-          if t == "float" and (n.startswith("balance_") and "trend" not in n
-                               or n in ("total_assets", "total_liabilities", "inflow_90d", "outflow_90d"))]
 
 
 @dataclass(frozen=True)
@@ -66,11 +63,49 @@ def online_store(home: Home, url: str | None = None) -> OnlineStore:
     return open_online_store(home.root / "online.sqlite", url)
 
 
-def _round(df: pd.DataFrame) -> pd.DataFrame:
-    df[_MONEY] = df[_MONEY].round(2)
-    trends = [c for c in df.columns if "trend" in c or c.startswith("sentiment") or c == "age"]
-    df[trends] = df[trends].round(4)
-    return df
+def state_config(path: Path | None = None) -> StateConfig:
+    """The customer-state thresholds: the ``state:`` section of ``path``, else of
+    ``configs/features.yaml``, else the defaults."""
+    return load_yaml(StateConfig, path, section="state")
+
+
+def default_as_of(version: StoreVersion) -> date:
+    """The one rule for "today" when no date is given (materialize, train, daily): the first day after
+    the store's latest event, so that every feature window is complete."""
+    return data_end(version)
+
+
+def _as_stored(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame as it reads back from the offline store (Arrow types and pandas dtypes), so that
+    features computed on the fly and materialized ones are the same values of the same types."""
+    return pa.Table.from_pandas(df, preserve_index=False).to_pandas()
+
+
+def _fresh(home: Home, as_of: date, version: StoreVersion, state: StateConfig) -> bool:
+    if as_of not in available_as_of(home):
+        return False
+    m = manifest(home, as_of)
+    return (m.get("store_content_hash") == version.content_hash
+            and m.get("state_config") == json.loads(json.dumps(state.model_dump())))
+
+
+def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
+                state: StateConfig | None = None) -> pd.DataFrame:
+    """Features and customer state of every customer onboarded before ``as_of`` (one row per customer,
+    ``nba.features.COLUMNS``, sorted by customer_id).
+
+    The one "features at a date" of the project: training, the daily run and the API call it. It reads
+    the materialized features when they were built from this store version with this state config, and
+    otherwise computes them point-in-time; both give identical frames (same rounding, same dtypes), so
+    a decision's ``feature_hash`` can be reproduced from the features of its date.
+    ``version`` defaults to the live store version, ``state`` to :func:`state_config`.
+    Raises ``StoreError`` when the store is empty.
+    """
+    version = version or TableStore(home.store).require_current()
+    state = state or state_config()
+    if _fresh(home, as_of, version, state):
+        return read_features(home, as_of)
+    return _as_stored(compute_features(version, as_of, state))
 
 
 def documents(df: pd.DataFrame, chunk: int = 50_000):
@@ -89,41 +124,37 @@ def documents(df: pd.DataFrame, chunk: int = 50_000):
 
 def materialize(home: Home, as_of: date | None = None, *, online_url: str | None = None,
                 state: StateConfig | None = None, progress: Callable[[str], None] | None = None) -> Materialized:
-    """Compute features at ``as_of`` (default: the day after the store's latest event), write them
-    offline and publish them online."""
+    """Compute features at ``as_of`` (default: :func:`default_as_of`), write them offline and publish
+    them online. ``state`` defaults to :func:`state_config`."""
     say = progress or (lambda _msg: None)
     version = TableStore(home.store).require_current()
-    as_of = as_of or data_end(version)
+    as_of = as_of or default_as_of(version)
+    state = state or state_config()
     timings = {}
     t0 = time.perf_counter()
     say(f"computing features at {as_of} from store {version.name}")
-    df = _round(compute_features(version, as_of, state))
+    table = pa.Table.from_pandas(compute_features(version, as_of, state), preserve_index=False)
     timings["compute_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
     say("writing offline Parquet")
-    final = _dir(home, as_of)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp / "features.parquet",
-                       compression="zstd")
-        online_version = f"{as_of.isoformat()}@{version.name}"
-        manifest = {
-            "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": len(df),
-            "store_version": version.name, "store_content_hash": version.content_hash,
-            "online_version": online_version, "state_config": (state or StateConfig()).model_dump(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _swap_in(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    online_version = f"{as_of.isoformat()}@{version.name}"
+    manifest = {
+        "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
+        "store_version": version.name, "store_content_hash": version.content_hash,
+        "online_version": online_version, "state_config": state.model_dump(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    def build(folder: Path) -> None:
+        pq.write_table(table, folder / "features.parquet", compression="zstd")
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    final = publish_dir(_dir(home, as_of), build, what=f"the features at {as_of}")
     timings["offline_write_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
+    df = table.to_pandas()
     store = online_store(home, online_url)
     say(f"publishing {len(df):,} customers to the online store ({store.url})")
     try:
@@ -131,19 +162,7 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     finally:
         store.close()
     timings["online_publish_s"] = round(time.perf_counter() - t0, 2)
-    manifest["seconds"] = timings
-    (final / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return Materialized(as_of, final, len(df), version.name, online_version, timings)
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    if final.exists():
-        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(final, trash)
-        os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
 
 
 def manifest(home: Home, as_of: date) -> dict:
@@ -187,12 +206,7 @@ def get_training_frame(as_of: date, label_window_days: int, home: Home | None = 
         raise StoreError(
             f"label window {as_of} + {label_window_days} days reaches past the store's data, which ends "
             f"before {end}: pick as_of <= {end - timedelta(days=label_window_days)}")
-    try:
-        m = manifest(home, as_of)
-        fresh = m["store_content_hash"] == version.content_hash
-    except StoreError:
-        fresh = False
-    feats = read_features(home, as_of) if fresh else _round(compute_features(version, as_of))
+    feats = features_at(home, as_of, version)
     labels = label_frame(version, as_of, label_window_days)
     return feats.merge(labels, on="customer_id", how="left", validate="one_to_one")
 

@@ -235,7 +235,21 @@ def compute_features(version: StoreVersion, as_of: date, state: StateConfig | No
     df["td_maturity_in_14d"] = df["days_to_td_maturity"].lt(window).fillna(False).astype(bool)
     df = _typed(df)
     df = identify(df, state or StateConfig())
-    return df[list(F.COLUMNS)].sort_values("customer_id", ignore_index=True)
+    return _round(df[list(F.COLUMNS)].sort_values("customer_id", ignore_index=True))
+
+
+# Money to the cent; trends, sentiment and age to 4 decimals: the one rounding of stored features, so
+# that features computed now and features materialized earlier are the same numbers.
+_MONEY = [n for n, (t, _) in F.FEATURES.items()
+          if t == "float" and (n.startswith("balance_") and "trend" not in n
+                               or n in ("total_assets", "total_liabilities", "inflow_90d", "outflow_90d"))]
+
+
+def _round(df: pd.DataFrame) -> pd.DataFrame:
+    df[_MONEY] = df[_MONEY].round(2)
+    trends = [c for c in df.columns if "trend" in c or c.startswith("sentiment") or c == "age"]
+    df[trends] = df[trends].round(4)
+    return df
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,6 @@ version shares unchanged tables with its parent by hard links.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,18 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nba import schema
+from nba.atomic import Busy, fsync_dir, fsync_tree, lock, write_file
 from nba.errors import StoreError
 
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 KEEP_VERSIONS = 5
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -126,9 +118,7 @@ class VersionWriter:
         d = self.table_dir(table)
         part = d / f"part-{len(self._parts[table]):05d}.parquet"
         data = data.cast(schema.table(table).arrow_schema)
-        pq.write_table(data, part, compression="zstd")
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
+        pq.write_table(data, part, compression="zstd")  # fsynced with the whole version at commit
         self._parts[table].append({"file": part.name, "rows": data.num_rows, "sha256": _sha256(part)})
         return part
 
@@ -218,16 +208,11 @@ class TableStore:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "LOCK", "a+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(f"the store at {self.root} is being written by another process") from None
-            try:
+        try:
+            with lock(self.root / "LOCK", timeout=0, what=f"the store at {self.root}"):
                 yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        except Busy as e:
+            raise StoreError(str(e)) from None
 
     @contextlib.contextmanager
     def write(self, source: str) -> Iterator[VersionWriter]:
@@ -250,13 +235,8 @@ class TableStore:
 
     def _commit(self, writer: VersionWriter, source: str) -> StoreVersion:
         manifest = writer.manifest(source)
-        mpath = writer.path / "manifest.json"
-        mpath.write_text(json.dumps(manifest, indent=1))
-        with open(mpath, "rb") as f:
-            os.fsync(f.fileno())
-        for t in manifest["tables"]:
-            _fsync_dir(writer.path / t)
-        _fsync_dir(writer.path)
+        (writer.path / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        fsync_tree(writer.path)
 
         self._versions_dir.mkdir(parents=True, exist_ok=True)
         names = self.version_names()
@@ -264,18 +244,13 @@ class TableStore:
         name = f"v{number:06d}"
         final = self._versions_dir / name
         os.rename(writer.path, final)
-        _fsync_dir(self._versions_dir)
+        fsync_dir(self._versions_dir)
         self._switch(name)
         self._gc(keep=KEEP_VERSIONS)
         return self.version(name)
 
     def _switch(self, name: str) -> None:
-        tmp = self.root / f".CURRENT.{uuid.uuid4().hex}"
-        tmp.write_text(name + "\n")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self._current_file)
-        _fsync_dir(self.root)
+        write_file(self._current_file, name + "\n")
 
     def rollback(self, name: str) -> StoreVersion:
         """Make an earlier committed version live again."""

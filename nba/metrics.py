@@ -60,32 +60,32 @@ def ranking_metrics(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.n
     return out
 
 
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half)."""
+def _binary(y_true: np.ndarray, score: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(score, dtype=float)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"ROC AUC needs both classes (positives {n_pos}, negatives {n_neg})")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks of ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError(f"{what}: labels {y.shape} and scores {s.shape} must be two vectors of one length")
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == len(y):
+        raise ValueError(f"{what} needs both classes (positives {n_pos}, negatives {len(y) - n_pos})")
+    return y, s
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve ([n] labels, [n] scores; ties count half), by scikit-learn's
+    ``roc_auc_score``. Raises ``ValueError`` unless both classes are present."""
+    from sklearn.metrics import roc_auc_score
+    y, s = _binary(y_true, score, "ROC AUC")
+    return float(roc_auc_score(y, s))
 
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
-    """PR AUC as average precision: mean of precision at each positive, best score first."""
-    y = np.asarray(y_true).astype(bool)
-    if not y.any():
-        raise ValueError("average precision needs at least one positive")
-    order = np.argsort(-np.asarray(score, dtype=float), kind="mergesort")
-    hits = y[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
+    """PR AUC as average precision, ``sum_n (R_n - R_{n-1}) P_n`` over score thresholds (tied scores form
+    one threshold, so the result does not depend on input order), by scikit-learn's
+    ``average_precision_score``. Raises ``ValueError`` unless both classes are present."""
+    from sklearn.metrics import average_precision_score
+    y, s = _binary(y_true, score, "average precision")
+    return float(average_precision_score(y, s))
 
 
 def calibration(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> dict:

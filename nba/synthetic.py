@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nba import schema
+from nba.atomic import publish_dir
 from nba.errors import ConfigError
 
 CHUNK = 50_000
@@ -662,7 +661,8 @@ def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: in
              on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Write a synthetic bank of ``n_customers`` to ``out``; return its manifest.
 
-    The folder is built beside ``out`` and renamed into place, so ``out`` never holds a partial bank.
+    The folder is built aside and ``out`` is switched to it atomically (:func:`nba.atomic.publish_dir`),
+    so ``out`` never holds a partial bank.
     """
     if n_customers < 1:
         raise ConfigError(f"--customers must be at least 1, not {n_customers}")
@@ -671,42 +671,35 @@ def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: in
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {out} is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    manifest: dict = {}
+
+    def build(tmp: Path) -> None:
         statics, n_rm = _static_tables(n_customers, seed)
         for name, data in statics.items():
             _write(tmp, name, 0, data)
         A = day_number(as_of)
         jobs = [(tmp, seed, c, s, min(chunk_size, n_customers - s), A, n_rm)
                 for c, s in enumerate(range(0, n_customers, chunk_size))]
-        workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-        rows = 0
+        n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         done = 0
-        if workers == 1:
+        if n_workers == 1:
             for job in jobs:
-                rows += _run_chunk(job)
+                _run_chunk(job)
                 done += job[4]
                 if on_progress:
                     on_progress(done, n_customers)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for job, r in zip(jobs, pool.map(_run_chunk, jobs)):
-                    rows += r
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                for job, _rows in zip(jobs, pool.map(_run_chunk, jobs)):
                     done += job[4]
                     if on_progress:
                         on_progress(done, n_customers)
-        manifest = {
+        manifest.update({
             "generator_version": GENERATOR_VERSION, "schema_version": schema.SCHEMA_VERSION,
             "customers": n_customers, "seed": seed, "as_of": as_of.isoformat(),
             "history_days": HISTORY_DAYS, "truth_days": TRUTH_DAYS, "chunk_size": chunk_size,
-        }
+        })
         (tmp / "_manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_dir(out, build, what=f"the synthetic bank at {out}")
     return manifest

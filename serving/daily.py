@@ -7,9 +7,9 @@ and cooldowns until their outcomes come back through the store (matched on ``dec
 
 Output, under ``$NBA_HOME/daily/<D>/``: ``decisions.parquet`` (one row per client given an action, the
 control group included), ``rm/<rm_id>.csv`` and a printable ``rm/<rm_id>.html`` per RM, and
-``manifest.json``. A run writes into ``daily/.runs/<D>-<id>/`` and then atomically repoints the link
-``daily/<D>`` to it, under a per-date lock: a killed run leaves the previous complete output; the same
-inputs give the same decisions (idempotent).
+``manifest.json``. A run writes aside and then atomically repoints the link ``daily/<D>`` to its
+folder, under a per-date lock (:func:`nba.atomic.publish_dir`): a killed run leaves the previous
+complete output; the same inputs give the same decisions (idempotent).
 
 With a Ray address (``--ray-address`` or ``$RAY_ADDRESS``) the scoring runs as Ray Data ``map_batches``
 over client blocks; the assignment to RMs, which needs each whole book, runs on the driver.
@@ -17,14 +17,10 @@ over client blocks; the assignment to RMs, which needs each whole book, runs on 
 
 from __future__ import annotations
 
-import fcntl
 import html
 import json
 import os
-import shutil
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -32,13 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_store.store import TableStore, _fsync_dir
+from bundle import Bundle, registry
+from feature_store.materialize import features_at
+from feature_store.outcomes import decision_outcomes
+from feature_store.store import StoreVersion, TableStore
+from nba.atomic import Busy, publish_dir
 from nba.catalog import Catalog, load_catalog
 from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
 from nba.errors import NBAError, StoreError
 from nba.home import Home
-from training import registry
-from training.pipeline import features_at
 
 HISTORY_DAYS = 120
 RM_COLUMNS = ("customer_id", "action_family", "action_id", "product_id", "channel", "in_person", "rm_review",
@@ -67,40 +65,18 @@ class DailyResult:
                 "model_version": self.model_version, "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
-@contextmanager
-def _date_lock(home: Home, day: date):
-    locks = home.daily / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fh = open(locks / f"{day}.lock", "w")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DailyError(f"another daily run for {day} is in progress (lock {locks / f'{day}.lock'})") from None
-        yield
-    finally:
-        fh.close()
-
-
-def history(home: Home, version, day: date) -> pd.DataFrame:
+def history(home: Home, version: StoreVersion, day: date) -> pd.DataFrame:
     """Decisions of the last HISTORY_DAYS before ``day``: outcomes from the store, plus the earlier daily
     runs' own decisions whose outcomes have not come back yet."""
     start = day - timedelta(days=HISTORY_DAYS)
     frames = []
-    if "action_outcomes" in version.tables:
-        o = version.read("action_outcomes").to_pandas()
-        o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(day + timedelta(days=1)))]
-        # A decision may have several outcome rows (shown, reached, declined): keep one per decision,
-        # the decline when there is one (declines drive the cooldowns).
-        rows = (o.assign(_declined=o["outcome"] == "declined").sort_values(["_declined", "outcome_at"])
-                .drop_duplicates("decision_id", keep="last"))
+    rows = decision_outcomes(version, start, day + timedelta(days=1))
+    if len(rows):
         frames.append(pd.DataFrame({
             "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
             "decided": rows["decided_at"].dt.date, "outcome": rows["outcome"],
             "outcome_date": rows["outcome_at"].dt.date, "control_group": False}))
-        seen = set(o["decision_id"])
-    else:
-        seen = set()
+    seen = set(rows["decision_id"])
     for d in range(1, HISTORY_DAYS + 1):
         past = day - timedelta(days=d)
         f = home.daily / past.isoformat() / "decisions.parquet"
@@ -115,9 +91,9 @@ def history(home: Home, version, day: date) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[list(HISTORY_COLUMNS)]
 
 
-def model_inputs(bundle, feats: pd.DataFrame, catalog: Catalog, version_label: str) -> Inputs:
+def model_inputs(bundle: Bundle, feats: pd.DataFrame, catalog: Catalog, version_label: str) -> Inputs:
     """Product propensities and churn for the feature rows (NaN for clients the model does not know)."""
-    rows = pd.Index(bundle.customer_ids).get_indexer(feats["customer_id"].astype(str))
+    rows = bundle.rows_of(feats["customer_id"].astype(str).tolist())
     known = rows >= 0
     pp = np.full((len(feats), len(catalog.products)), np.nan, np.float32)
     if known.any():
@@ -174,12 +150,12 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
     catalog = load_catalog(products, catalog_path)
     rms = version.read("relationship_managers").to_pandas()
     capacity = dict(zip(rms["rm_id"].astype(str), rms["daily_capacity"].astype(int)))
-    feats = features_at(home, version, day)
+    feats = features_at(home, day, version)
     if feats.empty:
         raise DailyError(f"no clients onboarded before {day}")
     mv = registry.model_version(home, model)
     bundle = registry.bundle_of(home, mv)
-    label = f"nba/{mv.version}"
+    label = f"{mv.name}/{mv.version}"
     inputs = model_inputs(bundle, feats, catalog, label)
     hist = history(home, version, day)
     seconds["load"] = time.perf_counter() - t
@@ -207,20 +183,18 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
 
 
 def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: str | None = None) -> Path:
-    """Write aside, then switch ``daily/<day>`` to the new run in one rename; old runs are removed after."""
-    home.daily.mkdir(parents=True, exist_ok=True)
-    with _date_lock(home, day):
-        runs = home.daily / ".runs"
-        runs.mkdir(exist_ok=True)
-        run = runs / f"{day}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        run.mkdir()
-        table = decisions[list(DECISION_COLUMNS)]
+    """Write the day's files aside, then switch ``daily/<day>`` to them in one rename (under the day's
+    lock); the previous run's files are removed after. Raises ``DailyError`` when another run for the
+    same day is writing."""
+    table = decisions[list(DECISION_COLUMNS)]
+    listed = table[~table["control_group"]]
+
+    def build(run: Path) -> None:
         table.to_parquet(run / "decisions.parquet", index=False)
         if _kill_at == "after_parquet":
             os.kill(os.getpid(), 9)
         rm_dir = run / "rm"
         rm_dir.mkdir()
-        listed = table[~table["control_group"]]
         for rm_id, g in listed.groupby("rm_id", sort=True):
             g = g.sort_values(["in_person", "priority"], ascending=[False, False], kind="stable")
             g[list(RM_COLUMNS)].to_csv(rm_dir / f"{rm_id}.csv", index=False)
@@ -231,20 +205,11 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
                                                       indent=2, default=str))
         if _kill_at == "before_switch":
             os.kill(os.getpid(), 9)
-        link = home.daily / day.isoformat()
-        if link.exists() and not link.is_symlink():
-            raise DailyError(f"{link} exists and is not a link written by nba daily; move it away")
-        previous = link.resolve() if link.is_symlink() else None
-        tmp = home.daily / f".{day}-{uuid.uuid4().hex[:6]}.link"
-        os.symlink(os.path.relpath(run, home.daily), tmp)
-        os.replace(tmp, link)  # atomic: readers see the old run or the new one
-        _fsync_dir(home.daily)
-        if previous is not None and previous != run and previous.parent == runs:
-            shutil.rmtree(previous, ignore_errors=True)
-        for stale in runs.glob(f"{day}-*"):  # left by killed runs
-            if stale != run:
-                shutil.rmtree(stale, ignore_errors=True)
-    return link
+
+    try:
+        return publish_dir(home.daily / day.isoformat(), build, what=f"the daily lists of {day}")
+    except Busy as e:
+        raise DailyError(f"another daily run for {day} is in progress ({e})") from None
 
 
 def read_day(home: Home, day: date) -> pd.DataFrame:

@@ -26,10 +26,9 @@ from typing import Literal, Sequence
 import numpy as np
 import pandas as pd
 
+from bundle import Bundle, registry
 from nba.config import load_yaml
 from nba.home import Home
-from training import registry
-from training.bundle import Bundle
 
 from .index import IndexConfig, IndexSpec, RetrievalError, VectorIndex, self_check
 
@@ -96,10 +95,8 @@ def build_indexes(bundle: Bundle, cfg: IndexConfig, folder: Path, check_queries:
 
 
 def build_for_version(home: Home, alias_or_version: str | int = registry.CHAMPION, cfg: IndexConfig | None = None,
-                      name: str = "nba", log=lambda m: None) -> BuildInfo:
+                      name: str | None = None, log=lambda m: None) -> BuildInfo:
     """Build the indexes of a model version and log them to its MLflow logged model."""
-    from mlflow import MlflowClient
-
     cfg = cfg or load_index_config()
     mv = registry.model_version(home, alias_or_version, name)
     bundle = registry.bundle_of(home, mv)
@@ -110,20 +107,18 @@ def build_for_version(home: Home, alias_or_version: str | int = registry.CHAMPIO
         built = build_indexes(bundle, cfg, folder)
         seconds = time.perf_counter() - t
         (folder / "build.json").write_text(json.dumps({
-            "build_id": build_id, "model_name": name, "model_version": int(mv.version),
+            "build_id": build_id, "model_name": mv.name, "model_version": int(mv.version),
             "config": cfg.model_dump(), "built": built, "seconds": round(seconds, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
-        client = MlflowClient()
-        model_id = registry.logged_model_id(mv)
-        if not model_id:
-            raise RetrievalError(f"model {name} version {mv.version} has no logged model to attach indexes to")
-        client.log_model_artifacts(model_id, str(folder), f"index/{build_id}")
+        if not registry.logged_model_id(mv):
+            raise RetrievalError(f"model {mv.name} version {mv.version} has no logged model to attach indexes to")
+        registry.log_artifacts(mv, folder, f"index/{build_id}")
         # Only now, with every file logged, do readers see the new build.
-        client.set_model_version_tag(name, mv.version, INDEX_TAG, build_id)
+        registry.set_version_tag(mv, INDEX_TAG, build_id)
         for part, info in built.items():
             if "recall_at_100" in info:
-                client.set_model_version_tag(name, mv.version, f"index_{part}_recall_at_100", str(info["recall_at_100"]))
-    log(f"indexes {build_id} for {name} version {mv.version}: " + "; ".join(
+                registry.set_version_tag(mv, f"index_{part}_recall_at_100", str(info["recall_at_100"]))
+    log(f"indexes {build_id} for {mv.name} version {mv.version}: " + "; ".join(
         f"{p} {i['kind']} over {i['count']:,} vectors in {i['build_seconds']:.1f} s"
         + (f" (recall@100 {i['recall_at_100']:.4f})" if "recall_at_100" in i else "") for p, i in built.items()))
     return BuildInfo(build_id, int(mv.version), built["products"], built["customers"], seconds)
@@ -144,13 +139,13 @@ class Snapshot:
         return self.customers.row_of(customer_ids)
 
 
-def load_for_version(home: Home, alias_or_version: str | int = registry.CHAMPION, name: str = "nba",
+def load_for_version(home: Home, alias_or_version: str | int = registry.CHAMPION, name: str | None = None,
                      device: str | None = None) -> Snapshot:
     """The bundle and the current index build of a model version (downloaded once into NBA_HOME)."""
     mv = registry.model_version(home, alias_or_version, name)
     build_id = mv.tags.get(INDEX_TAG)
     if not build_id:
-        raise RetrievalError(f"model {name} version {mv.version} has no indexes yet: run "
+        raise RetrievalError(f"model {mv.name} version {mv.version} has no indexes yet: run "
                              f"`nba index build --model-version {mv.version}`")
     bundle = registry.bundle_of(home, mv)
     local = registry.download(home, mv, f"index/{build_id}", f"index/{build_id}")
@@ -169,7 +164,7 @@ class Retriever:
     the old snapshot finishes on it; nothing in a snapshot is ever changed in place.
     """
 
-    def __init__(self, home: Home, alias_or_version: str | int = registry.CHAMPION, name: str = "nba",
+    def __init__(self, home: Home, alias_or_version: str | int = registry.CHAMPION, name: str | None = None,
                  device: str | None = None):
         self.home, self.target, self.name, self.device = home, alias_or_version, name, device
         self._lock = threading.Lock()

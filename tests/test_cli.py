@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-NBA = [sys.executable, "-m", "nba.cli"]
+NBA = [sys.executable, "-m", "apps.cli"]
 
 
 def run(args, home: Path, cwd: Path | None = None):
@@ -38,7 +38,8 @@ def test_generate_then_ingest_then_status(tmp_path):
     assert "v000001 is live" in r.stdout
     r = run(["data", "status"], home)
     assert r.returncode == 0 and "customers" in r.stdout and "400" in r.stdout
-    assert sorted(p.name for p in home.iterdir()) == ["store", "synthetic"], "nothing outside NBA_HOME"
+    assert sorted(p.name for p in home.iterdir() if not p.name.startswith(".")) == ["store", "synthetic"], \
+        "nothing outside NBA_HOME"
 
 
 def test_features_materialize_and_get(tmp_path):

@@ -11,7 +11,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from feature_store.materialize import features_at
 from feature_store.store import TableStore
+from nba.atomic import builds_dir
 from nba.decision import DECISION_COLUMNS
 from nba.home import Home
 from serving.daily import read_day, run_daily
@@ -66,7 +68,7 @@ def test_rerun_is_idempotent_and_switches_atomically(home, first):
     assert again.decisions.reset_index(drop=True).equals(first.decisions.reset_index(drop=True))
     assert (home.daily / str(DAY)).resolve() != target and not target.exists(), "old run removed after switch"
     assert read_day(home, DAY).equals(before)
-    assert len(list((home.daily / ".runs").glob(f"{DAY}-*"))) == 1
+    assert len(list(builds_dir(home.daily / str(DAY)).iterdir())) == 1
 
 
 def test_next_day_counts_the_days_lists(home, first):
@@ -78,8 +80,7 @@ def test_next_day_counts_the_days_lists(home, first):
     both = nxt[nxt.customer_id.isin(acted)].merge(yesterday[["customer_id", "action_id"]], on="customer_id",
                                                   suffixes=("", "_y"))
     assert not (both.action_id == both.action_id_y).any()
-    feats = __import__("training.pipeline", fromlist=["features_at"]).features_at(
-        home, TableStore(home.store).require_current(), DAY + timedelta(days=1)).set_index("customer_id")
+    feats = features_at(home, DAY + timedelta(days=1)).set_index("customer_id")
     capped = feats.loc[list(acted), "outbound_30d"] + 1 >= 2
     assert not set(nxt.customer_id) & set(capped[capped].index)
 
@@ -95,7 +96,7 @@ def test_killed_run_leaves_previous_output(home, first, point):
     assert (home.daily / str(DAY)).resolve() == link
     assert read_day(home, DAY).equals(before)
     run_daily(home, DAY)  # the next run clears what the killed one left
-    assert len(list((home.daily / ".runs").glob(f"{DAY}-*"))) == 1
+    assert len(list(builds_dir(home.daily / str(DAY)).iterdir())) == 1
 
 
 def test_ray_data_gives_the_same_decisions(home, first, ray_session):
@@ -104,34 +105,47 @@ def test_ray_data_gives_the_same_decisions(home, first, ray_session):
 
 
 def test_cli(home, first):
-    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "--date", str(DAY)],
+    r = subprocess.run([sys.executable, "-m", "apps.cli", "--home", str(home.root), "daily", "--date", str(DAY)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "decisions for" in r.stdout and "control group" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "--date", "2026-13-01"],
+    r = subprocess.run([sys.executable, "-m", "apps.cli", "--home", str(home.root), "daily", "--date", "2026-13-01"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not a date" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), "daily", "-m", "7"],
+    r = subprocess.run([sys.executable, "-m", "apps.cli", "--home", str(home.root), "daily", "-m", "7"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no version or alias '7'" in r.stderr
 
 
+def test_feature_hashes_are_reproducible_from_the_features_of_the_date(home, first):
+    """A run on a date whose features were never materialized writes the same feature hashes (and the
+    same decisions) as a run after `nba features materialize` for that date."""
+    from feature_store.materialize import available_as_of, materialize
+
+    assert DAY not in available_as_of(home), "the first run computed its features on the fly"
+    materialize(home, DAY)
+    again = run_daily(home, DAY)
+    a = first.decisions.set_index("decision_id")
+    b = again.decisions.set_index("decision_id").loc[a.index]
+    assert (a["feature_hash"] == b["feature_hash"]).all()
+    assert a.reset_index().equals(b.reset_index())
+
+
 def test_outcomes_close_the_loop(home, first, tmp_path):
-    """An RM records a decline through the normal append ingest: the decision counts once, as declined,
-    and the declined action is not proposed again inside its cooldown. (Last: it changes the store.)"""
-    from feature_store.ingest import ingest
+    """An RM records a shown and a decline through the outcomes' one owner: the decision counts once, as
+    declined, and the declined action is not proposed again inside its cooldown. (Last: it changes the
+    store.)"""
+    from feature_store.outcomes import record_outcomes
     from serving.daily import history
 
     d = first.decisions
     r = d[~d.control_group].iloc[0]
-    folder = tmp_path / "outcomes"
-    folder.mkdir()
-    pd.DataFrame([{"decision_id": r.decision_id, "customer_id": r.customer_id, "action_family": r.action_family,
-                   "action_id": r.action_id, "product_id": r.product_id or "", "channel": r.channel,
-                   "decided_at": f"{DAY}T09:00:00", "outcome": "declined", "outcome_at": f"{DAY}T15:00:00"}]
-                 ).to_csv(folder / "action_outcomes.csv", index=False)
     store = TableStore(home.store)
-    ingest(folder, store, mode="append")
+    row = {"decision_id": r.decision_id, "customer_id": r.customer_id, "action_family": r.action_family,
+           "action_id": r.action_id, "product_id": r.product_id, "channel": r.channel,
+           "decided_at": pd.Timestamp(f"{DAY}T09:00:00")}
+    record_outcomes(store, pd.DataFrame([{**row, "outcome": "shown", "outcome_at": pd.Timestamp(f"{DAY}T10:00:00")},
+                                         {**row, "outcome": "declined", "outcome_at": pd.Timestamp(f"{DAY}T15:00:00")}]))
     h = history(home, store.require_current(), DAY + timedelta(days=1))
     mine = h[(h.customer_id == r.customer_id) & (h.action_id == r.action_id)]
     assert len(mine) == 1 and mine.outcome.iloc[0] == "declined"
@@ -141,3 +155,4 @@ def test_outcomes_close_the_loop(home, first, tmp_path):
     if len(again):
         trace = json.loads(again.policy_trace.iloc[0])
         assert r.action_id not in trace["passed"]
+

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nba.device import resolve_device
+from training.device import resolve_device
 from nba.errors import ConfigError
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from feature_store.ingest import ingest
 from feature_store.materialize import get_training_frame, materialize, read_features
+from nba.atomic import builds_dir
 from feature_store.offline import compute_features, data_end
 from feature_store.store import TableStore
 from nba import features as F
@@ -117,11 +118,12 @@ def test_columns_follow_the_registry(tiny):
 def test_balances_are_reconstructed_at_past_dates(tiny):
     c1 = tiny.loc["C1"]
     # CUR-ACCT: 1000 now; +100 after as_of, -500 in the last 30 days, +300 in the 30-90 day band.
+    # Stored features are rounded: money to the cent, trends to 4 decimals.
     assert c1.balance_deposit == pytest.approx(900)
-    assert c1.balance_deposit_trend_30d == pytest.approx((900 - 1400) / 1400)
-    assert c1.balance_deposit_trend_90d == pytest.approx((900 - 1100) / 1100)
+    assert c1.balance_deposit_trend_30d == round((900 - 1400) / 1400, 4)
+    assert c1.balance_deposit_trend_90d == round((900 - 1100) / 1100, 4)
     assert c1.total_assets == pytest.approx(5900)  # 900 + TD 5000; FUND-BOND opened after as_of
-    assert c1.total_assets_trend_30d == pytest.approx((5900 - 6400) / 6400)
+    assert c1.total_assets_trend_30d == round((5900 - 6400) / 6400, 4)
     assert c1.total_liabilities == pytest.approx(200)
     assert c1.n_products == 3 and c1.held_products == "CARD-CLASSIC|CUR-ACCT|TD-12M"
     assert c1.n_products_card == 1 and c1.n_products_fund == 0
@@ -316,12 +318,41 @@ def test_materialize_offline_and_online_agree(tiny_home, online_url):
     assert doc["days_since_branch"] is None and doc["held_products"] == "CARD-CLASSIC|CUR-ACCT|TD-12M"
     assert set(doc) == set(F.COLUMNS)
     store.close()
-    # Re-materializing the same as_of swaps the folder in place.
+    # Re-materializing the same as_of switches the link to the new build; the old build is removed.
+    before = result.path.resolve()
     again = materialize(tiny_home, D, online_url=online_url)
-    assert again.path == result.path and len(list(tiny_home.features.iterdir())) == 1
+    assert again.path == result.path and again.path.resolve() != before and not before.exists()
+    assert [p.name for p in tiny_home.features.iterdir() if not p.name.startswith(".")] == [f"as_of={D}"]
+    assert list(builds_dir(again.path).iterdir()) == [again.path.resolve()]
 
 
 def test_reading_an_unmaterialized_date_names_what_exists(tiny_home):
     materialize(tiny_home, D)
     with pytest.raises(StoreError, match=r"no features materialized for as_of 2020-01-01 \(available: 2026-06-01"):
         read_features(tiny_home, date(2020, 1, 1))
+
+
+def test_features_at_reads_or_computes_the_same_frame(tiny_home):
+    """One "features at a date": computed on the fly and materialized are the same values and dtypes,
+    so a decision's feature hash can be reproduced from the features of its date."""
+    from feature_store.materialize import features_at
+    from nba.decision import feature_hashes
+
+    computed = features_at(tiny_home, D)
+    materialize(tiny_home, D)
+    stored = features_at(tiny_home, D)
+    pd.testing.assert_frame_equal(computed, stored)
+    assert (feature_hashes(computed) == feature_hashes(stored)).all()
+    # A materialization made with other state thresholds is not "the features" under this config:
+    # they are computed with the thresholds asked for instead of read.
+    import feature_store.materialize as fm
+    from nba.state import StateConfig
+
+    other = StateConfig(silence_days=1)
+    real_read, fm.read_features = fm.read_features, None  # reading now would fail
+    try:
+        fresh = features_at(tiny_home, D, state=other)
+    finally:
+        fm.read_features = real_read
+    pd.testing.assert_frame_equal(fresh, fm._as_stored(fm.compute_features(
+        fm.TableStore(tiny_home.store).require_current(), D, other)))

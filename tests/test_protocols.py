@@ -11,13 +11,9 @@ import pytest
 
 from nba.errors import DataValidationError
 from nba.metrics import ranking_metrics
-from training.datasets import detect_format, load
-from training.protocols import (
-    lightgcn_all_ranking,
-    recommenders_top_k,
-    stratified_split,
-    top_k,
-)
+from nba.ranking import top_k
+from recsys_bench.datasets import detect_format, load
+from recsys_bench.protocols import lightgcn_all_ranking, recommenders_top_k, stratified_split
 
 # ../shared/datasets beside the repository (read in place), or NBA_DATASETS.
 SHARED = Path(os.environ.get("NBA_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

@@ -32,7 +32,7 @@ def test_bench_recsys_runs_every_model_and_writes_json(ml_slice, tmp_path):
     cfg.write_text("nba: {epochs: 3, dim: 16, loss: softmax, negatives: 50}\nlightgcn: {epochs: 3, dim: 16}\n"
                    "pyg_lightgcn: {dim: 16, budget_seconds: 2}\nals: {factors: 8, iterations: 2}\n")
     out = tmp_path / "res.json"
-    r = subprocess.run([sys.executable, "-m", "nba.cli", "bench", "recsys", "--data", str(ml_slice),
+    r = subprocess.run([sys.executable, "-m", "apps.cli", "bench", "recsys", "--data", str(ml_slice),
                         "--out", str(out), "--config", str(cfg)], capture_output=True, text=True, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -47,7 +47,7 @@ def test_bench_recsys_runs_every_model_and_writes_json(ml_slice, tmp_path):
 
 
 def test_bench_recsys_rejects_unknown_models(ml_slice):
-    r = subprocess.run([sys.executable, "-m", "nba.cli", "bench", "recsys", "--data", str(ml_slice),
+    r = subprocess.run([sys.executable, "-m", "apps.cli", "bench", "recsys", "--data", str(ml_slice),
                         "--models", "pop,bert4rec"], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and "bert4rec" in r.stderr
 
@@ -56,7 +56,7 @@ def test_bench_recsys_rejects_unknown_models(ml_slice):
                          ids=lambda p: p.name)
 def test_every_recsys_config_is_valid(path):
     from training.loop import TrainConfig
-    from training.recsys_bench import load_bench_config
+    from recsys_bench.harness import load_bench_config
     cfg, used = load_bench_config("unused", path)
     assert used == path
     for overrides in (cfg.nba, cfg.lightgcn):
@@ -65,7 +65,7 @@ def test_every_recsys_config_is_valid(path):
 
 def test_bad_recsys_config_names_the_file(tmp_path):
     from nba.errors import ConfigError
-    from training.recsys_bench import load_bench_config
+    from recsys_bench.harness import load_bench_config
     bad = tmp_path / "bad.yaml"
     bad.write_text("als: {factorz: 3}\n")
     with pytest.raises(ConfigError, match="bad.yaml"):

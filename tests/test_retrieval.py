@@ -13,7 +13,7 @@ from nba.home import Home
 from serving.index import IndexConfig, IndexSpec, RetrievalError
 from serving.retrieval import INDEX_TAG, Retriever, build_for_version, load_for_version
 from tests.conftest import trained_home
-from training import registry
+from bundle import registry
 
 APPROX = IndexConfig(customers=IndexSpec(exact_below=1000, kind="hnsw", hnsw_m=16))
 
@@ -110,13 +110,13 @@ def test_unknown_ids_and_missing_index_are_named(home, built, tmp_path):
         r.candidates(["C-19"], 3)
     with pytest.raises(RetrievalError, match="unknown product_id 'NOPE'"):
         r.candidates(r.snapshot.bundle.customer_ids[:1], 3, exclude_products=["NOPE"])
-    from training.bundle import BundleError
+    from bundle import BundleError
     with pytest.raises(BundleError, match="no version or alias 'staging'"):
         Retriever(home, "staging")
 
 
 def run_cli(home, *args):
-    return subprocess.run([sys.executable, "-m", "nba.cli", "--home", str(home.root), *args],
+    return subprocess.run([sys.executable, "-m", "apps.cli", "--home", str(home.root), *args],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from feature_store.ingest import ingest
 from nba import schema
+from nba.atomic import builds_dir
 from nba.errors import ConfigError
 from nba.synthetic import CATALOG, generate
 
@@ -47,7 +48,8 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
         generate(50, seed=1, as_of=AS_OF, out=out, workers=1)
     generate(60, seed=1, as_of=AS_OF, out=out, workers=1, overwrite=True)
     assert len(_read(out, "customers")) == 60
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
+    # Only the published build is kept beside the link: nothing left from the first or a killed build.
+    assert list(builds_dir(out).iterdir()) == [out.resolve()], "no temporary folder left behind"
 
 
 def test_rejects_a_bad_customer_count(tmp_path):

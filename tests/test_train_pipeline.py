@@ -16,11 +16,13 @@ from nba.config import CONFIG_DIR
 from nba.errors import ConfigError
 from nba.home import Home
 from tests.conftest import AS_OF
-from training.bundle import BUNDLE_SCHEMA_VERSION, BundleError, load_bundle
+from bundle import SCHEMA_VERSION as BUNDLE_SCHEMA_VERSION
+from bundle import BundleError
+from bundle import read_bundle as load_bundle
 from training.config import RayConfig, load_run_config
 from training.loop import train_loop
 from training.pipeline import prepare, run_training
-from training.registry import load_registered
+from bundle.registry import load_registered
 from training.trainer import fit
 
 TRAIN_AS_OF = AS_OF - timedelta(days=90)  # the store holds the 90 days after it: a backtest
@@ -156,7 +158,7 @@ def test_ray_ddp_two_workers(small_data, ray_session, tmp_path):
 def test_bundle_carries_a_calibrated_propensity(first_run, home):
     """Predicted openings over the 90 days after as_of are within a factor 1.5 of the actual ones."""
     from feature_store.offline import label_frame
-    from training.bundle import load_bundle
+    from bundle import read_bundle as load_bundle
 
     b = load_bundle(first_run.bundle_dir)
     cal = b.meta["propensity"]

@@ -45,17 +45,11 @@ class RayConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1)
 
 
-class MlflowConfig(_Strict):
-    experiment: str = "nba"
-    registered_model: str = "nba"
-
-
 class RunConfig(_Strict):
     model: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
     evaluation: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
-    mlflow: MlflowConfig = MlflowConfig()
 
 
 def _set(raw: dict, dotted: str, value) -> None:
@@ -78,7 +72,7 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, evaluation, ray, mlflow)")
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, evaluation, ray)")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

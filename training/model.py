@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -146,3 +147,17 @@ class HybridGNN(nn.Module):
         if self.churn is None:
             raise ValueError("this model was built without a churn head")
         return self.churn(churn_x).squeeze(1)
+
+
+def from_bundle(bundle) -> HybridGNN:
+    """The network of a bundle (:class:`bundle.Bundle`) rebuilt with its trained weights, on the CPU and
+    in eval mode. The one place the bundle's ``weights.pt`` is read (serving reads the embeddings)."""
+    m = HybridGNN(**bundle.meta["model_args"])
+    path = bundle.weights_path
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            state = {k: torch.from_numpy(z[k]) for k in z.files}
+    else:  # schema 1
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    m.load_state_dict(state)
+    return m.eval()

@@ -30,19 +30,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from feature_store.materialize import available_as_of, manifest, read_features
-from feature_store.offline import compute_features, data_end, label_frame
+from bundle import registry, write_bundle
+from feature_store.materialize import default_as_of, features_at
+from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
 from nba.errors import StoreError
 from nba.home import Home
 from nba.metrics import average_precision, calibration, ranking_metrics, roc_auc
+from nba.ranking import top_k
 
-from .bundle import save_bundle
 from .config import RunConfig
 from .graph import BankGraph, build_graph
 from .loop import InteractionData, TrainResult, graph_adjacency, popularity_topk
 from .model import HybridGNN
-from .protocols import top_k
 
 
 @dataclass
@@ -69,31 +69,15 @@ class RunReport:
     seconds: dict = field(default_factory=dict)
 
 
-def features_at(home: Home, version: StoreVersion, as_of: date) -> pd.DataFrame:
-    """Features and state at ``as_of``: the materialized ones when they come from this store version,
-    else computed point-in-time."""
-    if as_of in available_as_of(home) and manifest(home, as_of).get("store_content_hash") == version.content_hash:
-        return read_features(home, as_of)
-    return compute_features(version, as_of)
-
-
 def frame_hash(df: pd.DataFrame) -> str:
     h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def default_as_of(home: Home) -> date:
-    dates = available_as_of(home)
-    if not dates:
-        raise StoreError(f"no materialized features under {home.features}: run `nba features materialize` "
-                         f"first, or pass --as-of")
-    return dates[-1]
-
-
 def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     version = TableStore(home.store).require_current()
-    as_of = as_of or default_as_of(home)
-    feats = features_at(home, version, as_of)
+    as_of = as_of or default_as_of(version)
+    feats = features_at(home, as_of, version)
     if feats.empty:
         raise StoreError(f"no customers onboarded before {as_of}: nothing to train on")
     graph = build_graph(version, feats, as_of)
@@ -108,7 +92,7 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     past = as_of - timedelta(days=h)
     labels = label_frame(version, past, h)
     if len(labels):
-        past_feats = features_at(home, version, past).merge(labels[["customer_id", "label_churn"]], on="customer_id")
+        past_feats = features_at(home, past, version).merge(labels[["customer_id", "label_churn"]], on="customer_id")
         y = past_feats["label_churn"].astype(bool).to_numpy()
         if 0 < y.sum() < len(y):
             data.churn_x = graph.encoder.transform(past_feats)
@@ -290,8 +274,8 @@ def _metric_name(name: str) -> str:
 def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promote: bool = False,
                  config_path: Path | None = None, log=print, fault_injection: dict | None = None,
                  use_mlflow: bool = True) -> RunReport:
-    from . import registry
-    from .bundle import NBAPyfunc
+    from bundle.pyfunc import NBAPyfunc
+
     from .trainer import fit
 
     home.ensure()
@@ -307,7 +291,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
     import mlflow
     run = None
     if use_mlflow:
-        exp_id = registry.setup(home, cfg.mlflow.experiment)
+        exp_id = registry.setup(home)
         run = mlflow.start_run(experiment_id=exp_id, run_name=f"{cfg.model.kind}-{prepared.as_of}")
     try:
         if run is not None:
@@ -358,9 +342,10 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         held = np.stack([prepared.full.train_users, prepared.full.train_items])
         bundle_dir = Path(tempfile.mkdtemp(prefix="nba-bundle-")) / "bundle"
-        save_bundle(bundle_dir, model=m, model_args=model_args, meta=meta, customer_ids=prepared.graph.customer_ids,
-                    product_ids=prepared.graph.product_ids, encoder=prepared.graph.encoder, user_emb=user_emb,
-                    item_emb=item_emb, churn=churn, held=held)
+        write_bundle(bundle_dir, weights={k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}, model_args=model_args, meta=meta,
+                     customer_ids=prepared.graph.customer_ids, product_ids=prepared.graph.product_ids,
+                     encoder=prepared.graph.encoder, user_emb=user_emb, item_emb=item_emb, item_bias=bias,
+                     churn=churn, held=held)
         report = RunReport(prepared.as_of, result, evaluation, bundle_dir, seconds=seconds)
         if run is None:
             return report
@@ -383,16 +368,17 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                             ColSpec("double", "score"), ColSpec("double", "churn_probability", required=False)]),
             params=ParamSchema([ParamSpec("k", "long", 5)]))
         import warnings
+        model_name = registry.default_name()
         with warnings.catch_warnings():  # the input-example advice: our signature is explicit
             warnings.simplefilter("ignore", UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=NBAPyfunc(), artifacts={"bundle": str(bundle_dir)},
-                registered_model_name=cfg.mlflow.registered_model, signature=signature,
+                registered_model_name=model_name, signature=signature,
                 pip_requirements=["nba-engine", "mlflow", "torch", "numpy", "pandas"])
         report.run_id = run.info.run_id
-        report.registered = registry.register(cfg.mlflow.registered_model, info.registered_model_version,
+        report.registered = registry.register(model_name, info.registered_model_version,
                                               run.info.run_id, promote)
-        log(f"MLflow run {run.info.run_id}: registered {cfg.mlflow.registered_model} version "
+        log(f"MLflow run {run.info.run_id}: registered {model_name} version "
             f"{report.registered.version} as {', '.join(report.registered.aliases)}")
         mlflow.end_run()
         return report

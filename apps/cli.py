@@ -156,13 +156,6 @@ def _print_version(version) -> None:
 # nba features ...
 
 
-def _state_config(path: Path | None):
-    from nba.config import load_yaml
-    from nba.state import StateConfig
-
-    return load_yaml(StateConfig, path, section="state")
-
-
 @features_app.command("materialize")
 def features_materialize(
     as_of: Annotated[str | None, typer.Option(
@@ -173,12 +166,12 @@ def features_materialize(
         "--online", help="Online store URL (default: $NBA_ONLINE_STORE, else SQLite in NBA_HOME).")] = None,
 ) -> None:
     """Compute features and customer state at as_of, write them (Parquet) and fill the online store."""
-    from feature_store.materialize import materialize
+    from feature_store.materialize import materialize, state_config
 
     home = state.home.ensure()
     with err.status("materializing") as status:
         result = materialize(home, _parse_date(as_of, "--as-of"), online_url=online,
-                             state=_state_config(config), progress=lambda m: status.update(m))
+                             state=state_config(config), progress=lambda m: status.update(m))
     out.print(f"features at {result.as_of} for {result.rows:,} customers from store {result.store_version}: "
               f"{result.path}; online version {result.online_version} is live "
               f"({', '.join(f'{k} {v}' for k, v in result.seconds.items())})")
@@ -232,7 +225,8 @@ def train(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Training config (default: configs/train.yaml).", show_default=False)] = None,
     as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="Train on the graph at this date, YYYY-MM-DD (default: latest materialized features).",
+        "--as-of", help="Train on the graph at this date, YYYY-MM-DD (default: the day after the store's "
+        "latest event).",
         show_default=False)] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value: section.key=value (repeatable).", show_default=False)] = None,
@@ -252,48 +246,35 @@ def train(
                  log=lambda msg: out.print(msg, highlight=False, markup=False))
 
 
+NameOpt = Annotated[str | None, typer.Option(
+    "--name", help="Registered model name (default: configs/registry.yaml).", show_default=False)]
+
+
 @models_app.command("list")
-def models_list(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "nba",
-) -> None:
+def models_list(name: NameOpt = None) -> None:
     """Registered versions with their aliases, as_of and evaluation."""
-    from mlflow import MlflowClient
+    from bundle import registry
 
-    from training import registry
-
-    registry.setup(state.home, "nba")
-    client = MlflowClient()
-    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-    if not versions:
-        raise NBAError(f"no registered versions of {name!r} under {registry.tracking_uri(state.home)}")
-    t = RichTable("version", "aliases", "as_of", "model recall@5", "popularity recall@5", "churn ROC AUC", "run")
+    versions = registry.list_versions(state.home, name)
+    t = RichTable("version", "aliases", "as_of", "model recall@5", "popularity recall@5", "churn ROC AUC", "run",
+                  title=f"registered model {versions[0].name}")
     for v in versions:
-        run = client.get_run(v.run_id) if v.run_id else None
-        m = run.data.metrics if run else {}
-        aliases = client.get_model_version(name, v.version).aliases
-        t.add_row(str(v.version), ", ".join(aliases), (run.data.tags.get("as_of", "") if run else ""),
-                  _fmt(m.get("test.model.recall_at_5")), _fmt(m.get("test.popularity.recall_at_5")),
-                  _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
+        m = v.metrics
+        t.add_row(str(v.version), ", ".join(v.aliases), v.as_of, _fmt(m.get("test.model.recall_at_5")),
+                  _fmt(m.get("test.popularity.recall_at_5")), _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
     out.print(t)
 
 
 @models_app.command("promote")
 def models_promote(
     version: Annotated[int, typer.Argument(help="Version to make the champion.")],
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "nba",
+    name: NameOpt = None,
 ) -> None:
     """Point the alias champion at a version."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from bundle import registry
 
-    from training import registry
-
-    registry.setup(state.home, "nba")
-    try:
-        MlflowClient().set_registered_model_alias(name, registry.CHAMPION, str(version))
-    except MlflowException as e:
-        raise NBAError(f"cannot promote {name} version {version}: {e.message}") from None
-    out.print(f"{name} version {version} is now the champion")
+    registry.promote(state.home, version, name)
+    out.print(f"{name or registry.default_name()} version {version} is now the champion")
 
 
 def _fmt(x: float | None) -> str:
@@ -407,12 +388,12 @@ def daily(
         "$RAY_ADDRESS, else in-process).", show_default=False)] = None,
 ) -> None:
     """Decide every client's next best action for a day and write the RMs' lists under daily/<date>/."""
-    from feature_store.offline import data_end
+    from feature_store.materialize import default_as_of
     from feature_store.store import TableStore
     from serving.daily import run_daily
 
     home = state.home.ensure()
-    d = _parse_date(day, "--date") or data_end(TableStore(home.store).require_current())
+    d = _parse_date(day, "--date") or default_as_of(TableStore(home.store).require_current())
     res = run_daily(home, d, model=model_version, catalog_path=catalog, ray_address=ray_address,
                     log=lambda m: out.print(m, highlight=False, markup=False))
     s = res.summary()
@@ -438,7 +419,7 @@ def bench_recsys(
         show_default=False)] = None,
 ) -> None:
     """Train and evaluate the project's models and their peers on one split, in this process."""
-    from training.recsys_bench import run
+    from recsys_bench.harness import run
 
     if fmt is not None and fmt not in ("lightgcn", "movielens"):
         raise NBAError(f"--format {fmt!r}: expected lightgcn or movielens")
@@ -478,7 +459,7 @@ def demo(
     train(config=None, as_of=backtest.isoformat(), overrides=None, promote=False, no_ray=False)
     out.rule(f"[bold]5. train the production model at {latest}, register it as champion")
     train(config=None, as_of=latest.isoformat(), overrides=None, promote=True, no_ray=False)
-    models_list(name="nba")
+    models_list(name=None)
     out.rule("[bold]6. FAISS indexes of the champion: product candidates, lookalike audience")
     index_build(model_version="champion", config=None)
     _demo_retrieval(home)

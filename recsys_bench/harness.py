@@ -4,7 +4,7 @@ Models: ``nba`` (HybridGNN with IDs and, where the dataset has them, node featur
 (the project's plain LightGCN), ``pyg-lightgcn`` (PyG's ``torch_geometric.nn.LightGCN`` with its BPR
 loss and the settings of PyG's ``examples/lightgcn.py``), ``als`` (``implicit``'s AlternatingLeastSquares) and ``pop``. All of them
 train and are evaluated in this process, on the same split, with the same protocol code
-(:mod:`training.protocols`). Settings come from ``configs/recsys/<dataset>.yaml`` when it exists,
+(:mod:`recsys_bench.protocols`). Settings come from ``configs/recsys/<dataset>.yaml`` when it exists,
 else ``configs/recsys/default.yaml``. Epochs are chosen on validation data (``valid.txt``, or a
 10% per-user slice of the training part), never on the test split; the final model is then trained
 on everything but the test split for the chosen number of epochs.
@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nba.config import CONFIG_DIR
 from nba.errors import ConfigError
+from training.loop import InteractionData, TrainConfig, build, train_loop
 
 from .datasets import RecDataset, load
-from .loop import InteractionData, TrainConfig, build, train_loop
 from .protocols import lightgcn_all_ranking, recommenders_top_k, stratified_split
 
 MODELS = ("nba", "lightgcn", "pyg-lightgcn", "als", "pop")

@@ -1,24 +1,51 @@
-"""MLflow: where runs are tracked, how bundles are registered, and how serving loads them.
+"""The MLflow model registry: where runs are tracked, how bundles are registered, resolved and promoted.
 
 Embedded default: tracking in ``sqlite:///$NBA_HOME/mlflow.db``, artifacts under
 ``$NBA_HOME/mlartifacts``. ``MLFLOW_TRACKING_URI`` points everything at a remote server instead.
-Each training run registers a new version of the model ``nba`` and moves the alias ``challenger`` to
-it; ``champion`` moves on ``--promote`` or when no champion exists yet.
+The registered model's name and the experiment come from ``configs/registry.yaml``
+(:class:`RegistryConfig`). Each training run registers a new version and moves the alias
+``challenger`` to it; ``champion`` moves on promotion or when no champion exists yet.
+
+MLflow is imported inside the functions: importing this module costs nothing until a registry is used.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from nba.atomic import publish_dir
+from nba.config import load_yaml
+from nba.errors import NBAError
 from nba.home import Home
 
-from .bundle import Bundle, BundleError, load_bundle
+from .format import Bundle, BundleError, read_bundle
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+class RegistryConfig(BaseModel):
+    """``configs/registry.yaml``: the one place that names the registered model."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_name: str = Field("nba", min_length=1, description="registered model name in MLflow")
+    experiment: str = Field("nba", min_length=1, description="MLflow experiment of the training runs")
+
+
+@functools.lru_cache(maxsize=8)
+def load_config(path: Path | None = None) -> RegistryConfig:
+    """``path``, else ``configs/registry.yaml``, else the defaults (cached per path)."""
+    return load_yaml(RegistryConfig, path, default_name="registry.yaml")
+
+
+def default_name() -> str:
+    return load_config().model_name
 
 
 def tracking_uri(home: Home) -> str:
@@ -48,10 +75,11 @@ def use(home: Home) -> str:
     return uri
 
 
-def setup(home: Home, experiment: str) -> str:
+def setup(home: Home, experiment: str | None = None) -> str:
     """Point MLflow at the tracking store and make sure the experiment exists; returns its id."""
     import mlflow
     use(home)
+    experiment = experiment or load_config().experiment
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
@@ -90,7 +118,9 @@ class Registered:
 
 
 def register(name: str, version: int | str, run_id: str, promote: bool) -> Registered:
-    """Move ``challenger`` to ``version``; ``champion`` too when asked or when there is none."""
+    """Move ``challenger`` to ``version``; ``champion`` too when asked or when there is none.
+
+    The MLflow client must already point at the store (:func:`setup`)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     client = MlflowClient()
@@ -107,10 +137,13 @@ def register(name: str, version: int | str, run_id: str, promote: bool) -> Regis
     return Registered(name, int(version), aliases, run_id)
 
 
-def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str = "nba"):
-    """The registered ``ModelVersion`` an alias or a version number names (resolved once)."""
+def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str | None = None):
+    """The registered ``ModelVersion`` an alias or a version number names (resolved once).
+
+    Raises ``BundleError`` naming the model, the alias or version and the tracking store."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    name = name or default_name()
     uri = use(home)
     client = MlflowClient()
     try:
@@ -120,6 +153,52 @@ def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str 
     except MlflowException as e:
         raise BundleError(f"registered model {name!r} has no version or alias {alias_or_version!r} "
                           f"(tracking {uri}): {e.message}") from None
+
+
+def promote(home: Home, version: int, name: str | None = None, alias: str = CHAMPION) -> None:
+    """Point ``alias`` (the champion by default) at ``version``. Raises ``BundleError`` when the
+    version does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    name = name or default_name()
+    mv = model_version(home, int(version), name)
+    try:
+        MlflowClient().set_registered_model_alias(name, alias, str(mv.version))
+    except MlflowException as e:
+        raise BundleError(f"cannot move {alias} of {name} to version {version}: {e.message}") from None
+
+
+@dataclass
+class VersionInfo:
+    """One registered version as ``nba models list`` shows it."""
+
+    name: str
+    version: int
+    aliases: list[str]
+    run_id: str | None
+    as_of: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def list_versions(home: Home, name: str | None = None) -> list[VersionInfo]:
+    """Every registered version of ``name`` (oldest first), with aliases, as_of and its run's metrics.
+
+    Raises ``BundleError`` when the model has no registered version."""
+    from mlflow import MlflowClient
+    name = name or default_name()
+    uri = use(home)
+    client = MlflowClient()
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    if not versions:
+        raise BundleError(f"no registered versions of {name!r} under {uri}")
+    out = []
+    for v in versions:
+        run = client.get_run(v.run_id) if v.run_id else None
+        out.append(VersionInfo(name, int(v.version), list(client.get_model_version(name, v.version).aliases),
+                               v.run_id, run.data.tags.get("as_of", "") if run else "",
+                               dict(run.data.metrics) if run else {}, dict(v.tags or {})))
+    return out
 
 
 def logged_model_id(mv) -> str | None:
@@ -143,6 +222,20 @@ def artifact_uri(mv, subpath: str = "") -> str:
     return base.rstrip("/") + (f"/{subpath.strip('/')}" if subpath else "")
 
 
+def log_artifacts(mv, folder: Path, subpath: str) -> None:
+    """Add ``folder`` to the artifacts of a version's logged model under ``subpath`` (e.g. an index build)."""
+    from mlflow import MlflowClient
+    model_id = logged_model_id(mv)
+    if not model_id:
+        raise NBAError(f"model {mv.name} version {mv.version} has no logged model to attach artifacts to")
+    MlflowClient().log_model_artifacts(model_id, str(folder), subpath)
+
+
+def set_version_tag(mv, key: str, value: str) -> None:
+    from mlflow import MlflowClient
+    MlflowClient().set_model_version_tag(mv.name, mv.version, key, value)
+
+
 def cache_dir(home: Home, mv) -> Path:
     """Where a model version's downloads are kept in ``NBA_HOME`` (one folder per version of a name)."""
     return home.root / "models" / f"{mv.name}-v{mv.version}"
@@ -151,26 +244,23 @@ def cache_dir(home: Home, mv) -> Path:
 def download(home: Home, mv, subpath: str, dest_name: str) -> Path:
     """Download ``subpath`` of a version's logged model into its cache folder once; later calls reuse it.
 
-    Written aside and renamed into place, so a killed download leaves no half folder behind.
+    Written aside and switched into place (:func:`nba.atomic.publish_dir`), so a killed download leaves
+    no half folder behind, and a second process waits for the first one's download instead of
+    repeating it.
     """
-    import shutil
-
     import mlflow
     dest = cache_dir(home, mv) / dest_name
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_name.replace('/', '_')}-", dir=dest.parent))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri(mv, subpath), dst_path=str(tmp)))
-        try:
-            local.rename(dest)
-        except OSError:  # another process got there first
-            if not dest.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+    def fetch(folder: Path) -> None:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri(mv, subpath),
+                                                         dst_path=str(folder / ".download")))
+        for child in local.iterdir():
+            os.rename(child, folder / child.name)
+        shutil.rmtree(folder / ".download")
+
+    return publish_dir(dest, fetch, timeout=-1, if_exists="keep", what=f"the download of {mv.name} v{mv.version}")
 
 
 def bundle_of(home: Home, mv) -> Bundle:
@@ -180,12 +270,13 @@ def bundle_of(home: Home, mv) -> Bundle:
     bundle_dir = next((p.parent for p in local.rglob("bundle.json")), None)
     if bundle_dir is None:
         raise BundleError(f"model {mv.name} version {mv.version} has no bundle among its artifacts")
-    bundle = load_bundle(bundle_dir)
+    bundle = read_bundle(bundle_dir)
     bundle.meta["registered_version"] = int(mv.version)
     return bundle
 
 
-def load_registered(home: Home, alias_or_version: str = CHAMPION, name: str = "nba") -> tuple[Bundle, int]:
+def load_registered(home: Home, alias_or_version: str | int = CHAMPION,
+                    name: str | None = None) -> tuple[Bundle, int]:
     """The bundle an alias (or a version number) points at, and that version number.
 
     The alias is resolved once, then that exact version is downloaded, so a concurrent promotion cannot

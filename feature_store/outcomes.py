@@ -1,0 +1,64 @@
+"""Outcomes of decisions coming back (shown, reached, accepted, declined, not reachable): the one owner.
+
+The daily run, the scoring API and the RM workbench write outcomes through :func:`record_outcomes`, and
+read them back through :func:`decision_outcomes`. They are stored in the contract table
+``action_outcomes`` of the versioned store, so they are validated exactly as an ingest is (contract
+types, allowed values, keys, no timestamps in the future) and become training labels like any other
+table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nba.errors import DataValidationError
+
+from .ingest import ingest
+from .store import StoreVersion, TableStore
+
+TABLE = "action_outcomes"
+
+
+def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "outcomes",
+                    now: datetime | None = None) -> StoreVersion:
+    """Append outcome rows (columns of the ``action_outcomes`` contract) as a new store version.
+
+    Validated as ``nba data ingest --mode append`` validates a file: on any problem
+    ``DataValidationError`` lists each one (row, column, what was wrong, with ``source`` as the file
+    name) and nothing is stored. Returns the new live version.
+    """
+    with tempfile.TemporaryDirectory(prefix="nba-outcomes-") as tmp:
+        path = Path(tmp) / f"{TABLE}.parquet"
+        pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), path)
+        try:
+            return ingest(Path(tmp), store, mode="append", now=now)
+        except DataValidationError as e:
+            # Name the caller's source, not the temporary file the rows went through.
+            raise DataValidationError([replace(p, file=source) if p.file == str(path) else p
+                                       for p in e.problems], e.truncated) from None
+
+
+def decision_outcomes(version: StoreVersion, start: date, end: date) -> pd.DataFrame:
+    """One row per decision made in ``[start, end)`` that has an outcome: its latest outcome, except
+    that a decline wins (declines drive the cooldowns).
+
+    Columns: decision_id, customer_id, action_id, action_family, decided_at, outcome, outcome_at.
+    """
+    cols = ["decision_id", "customer_id", "action_id", "action_family", "decided_at", "outcome", "outcome_at"]
+    if TABLE not in version.tables:
+        return pd.DataFrame(columns=cols)
+    o = version.read(TABLE, columns=cols).to_pandas()
+    o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(end))]
+    o = (o.assign(_declined=o["outcome"] == "declined").sort_values(["_declined", "outcome_at"], kind="stable")
+         .drop_duplicates("decision_id", keep="last"))
+    return o[cols].reset_index(drop=True)
+
+
+__all__ = ["record_outcomes", "decision_outcomes", "TABLE"]

@@ -1,0 +1,128 @@
+"""Write aside, switch atomically under a lock, fsync: the one way this project replaces what it stores.
+
+Readers never see a half-written folder or file, a killed writer leaves the previous complete state,
+and two writers of the same target never interleave.
+
+- :func:`publish_dir` builds a folder aside and then repoints ``target`` (a symbolic link) to it in one
+  ``rename``: used for the daily lists, materialized features, the synthetic bank and model downloads.
+  Layout beside the target ``T``: ``.T.d/<run-id>/`` (the builds; older ones are removed after a
+  switch) and ``.T.lock``.
+- :func:`write_file` replaces one file the same way (the store's ``CURRENT`` pointer).
+- :func:`lock` is the writers' lock (``filelock``, an ``flock`` on Linux): ``timeout=0`` fails at once
+  with :class:`Busy` when another process holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import filelock
+
+from nba.errors import NBAError
+
+
+class Busy(NBAError):
+    """Another process holds the lock of the target being written."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (files first, then their folders)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def lock(path: Path, timeout: float = 0, what: str | None = None) -> Iterator[None]:
+    """Hold the lock file ``path`` for the block. ``timeout``: seconds to wait (0: fail at once, -1:
+    wait for ever). Raises :class:`Busy` naming ``what`` (default: the lock file) when it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fl = filelock.FileLock(str(path), timeout=timeout)
+    try:
+        fl.acquire()
+    except filelock.Timeout:
+        raise Busy(f"{what or path} is being written by another process (lock {path})") from None
+    try:
+        yield
+    finally:
+        fl.release()
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` with ``data``: written to a temporary file beside it, fsynced, renamed over."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def builds_dir(target: Path) -> Path:
+    """Where :func:`publish_dir` keeps the builds of ``target``."""
+    return target.parent / f".{target.name}.d"
+
+
+def publish_dir(target: Path, build: Callable[[Path], None], *, timeout: float = 0, what: str | None = None,
+                if_exists: Literal["replace", "keep"] = "replace") -> Path:
+    """Build a new version of the folder ``target`` aside and switch to it atomically.
+
+    ``build(folder)`` fills an empty folder. When it returns, every file is fsynced and the link
+    ``target`` is repointed to the folder in one rename, under the target's lock; the previous build
+    and builds left by killed writers are then removed. When ``build`` raises (or the process dies),
+    ``target`` still shows the previous complete build. ``if_exists="keep"`` leaves an existing target
+    alone without building (immutable downloads). A ``target`` that is a real folder (written by an
+    earlier version of this code) is moved aside into the builds first.
+
+    Raises :class:`Busy` when another writer holds the lock longer than ``timeout`` seconds.
+    """
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    builds = builds_dir(target)
+    with lock(parent / f".{target.name}.lock", timeout, what or str(target)):
+        if if_exists == "keep" and target.exists():
+            return target
+        builds.mkdir(exist_ok=True)
+        folder = builds / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir()
+        try:
+            build(folder)
+            fsync_tree(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if target.exists() and not target.is_symlink():
+            os.rename(target, builds / f"legacy-{uuid.uuid4().hex[:8]}")
+        tmp = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.link"
+        os.symlink(os.path.relpath(folder, parent), tmp)
+        os.replace(tmp, target)  # atomic: readers see the old build or the new one
+        fsync_dir(parent)
+        for stale in builds.iterdir():
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
+    return target
