@@ -217,7 +217,7 @@ def features_get(
 
 
 # -------------------------------------------------------------------------------------------------
-# nba demo
+# nba train, nba models ...
 
 
 @app.command("train")
@@ -431,6 +431,10 @@ def bench_recsys(
         t.add_row(name, *[f"{r['metrics'].get(k, float('nan')):.4f}" for k in names], f"{r['train_seconds']:.1f}",
                   f"{r['peak_rss_mb']:,.0f}", str(r.get("budget", "")))
     out.print(t)
+
+
+# -------------------------------------------------------------------------------------------------
+# nba demo
 
 
 @app.command("demo")

@@ -88,7 +88,9 @@ class Bundle:
 
     def recommend(self, customer_ids: list[str], k: int = 5) -> pd.DataFrame:
         """Top-``k`` products per known customer (held products excluded): customer_id, rank, product_id,
-        score. Raises ``BundleError`` naming unknown customers."""
+        score. Raises ``BundleError`` naming unknown customers, or for ``k`` < 1."""
+        if int(k) < 1:
+            raise BundleError(f"k must be at least 1, not {k}")
         rows = self.rows_of(customer_ids)
         unknown = [c for c, r in zip(customer_ids, rows) if r < 0]
         if unknown:
@@ -137,7 +139,7 @@ def write_bundle(path: Path, *, weights: Mapping, model_args: dict, meta: dict, 
 
 def read_bundle(path: Path) -> Bundle:
     """Read the bundle folder at ``path``. Raises ``BundleError`` when it is not a bundle, is missing a
-    file, or has a schema version other than :data:`SCHEMA_VERSION`."""
+    file, or has a schema version this code does not read (:data:`READS`)."""
     path = Path(path)
     try:
         meta = json.loads((path / "bundle.json").read_text())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -28,13 +29,14 @@ from nba.home import Home
 from .format import Bundle, BundleError, read_bundle
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # also safe in a search filter and a folder name
 
 
 class RegistryConfig(BaseModel):
     """``configs/registry.yaml``: the one place that names the registered model."""
 
     model_config = ConfigDict(extra="forbid")
-    model_name: str = Field("nba", min_length=1, description="registered model name in MLflow")
+    model_name: str = Field("nba", pattern=NAME_PATTERN, description="registered model name in MLflow")
     experiment: str = Field("nba", min_length=1, description="MLflow experiment of the training runs")
 
 
@@ -46,6 +48,16 @@ def load_config(path: Path | None = None) -> RegistryConfig:
 
 def default_name() -> str:
     return load_config().model_name
+
+
+def model_name(name: str | None = None) -> str:
+    """``name`` checked against :data:`NAME_PATTERN`, or the configured name. Raises ``BundleError``."""
+    if name is None:
+        return default_name()
+    if not re.match(NAME_PATTERN, name):
+        raise BundleError(f"registered model name {name!r} is not allowed (letters, digits, '.', '_', '-'; "
+                          f"at most 64, starting with a letter or digit)")
+    return name
 
 
 def tracking_uri(home: Home) -> str:
@@ -143,7 +155,7 @@ def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str 
     Raises ``BundleError`` naming the model, the alias or version and the tracking store."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-    name = name or default_name()
+    name = model_name(name)
     uri = use(home)
     client = MlflowClient()
     try:
@@ -160,7 +172,7 @@ def promote(home: Home, version: int, name: str | None = None, alias: str = CHAM
     version does not exist."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-    name = name or default_name()
+    name = model_name(name)
     mv = model_version(home, int(version), name)
     try:
         MlflowClient().set_registered_model_alias(name, alias, str(mv.version))
@@ -186,7 +198,7 @@ def list_versions(home: Home, name: str | None = None) -> list[VersionInfo]:
 
     Raises ``BundleError`` when the model has no registered version."""
     from mlflow import MlflowClient
-    name = name or default_name()
+    name = model_name(name)
     uri = use(home)
     client = MlflowClient()
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
@@ -237,8 +249,11 @@ def set_version_tag(mv, key: str, value: str) -> None:
 
 
 def cache_dir(home: Home, mv) -> Path:
-    """Where a model version's downloads are kept in ``NBA_HOME`` (one folder per version of a name)."""
-    return home.root / "models" / f"{mv.name}-v{mv.version}"
+    """Where a model version's downloads are kept in ``NBA_HOME``: one folder per registered version,
+    keyed by name, version and the logged model (or run) behind it, so that a recreated tracking store
+    or another ``MLFLOW_TRACKING_URI`` whose version 1 is another model never reads this one's files."""
+    ident = re.sub(r"[^A-Za-z0-9]", "", str(logged_model_id(mv) or mv.run_id or "norun"))[-12:]
+    return home.root / "models" / f"{model_name(mv.name)}-v{int(mv.version)}-{ident}"
 
 
 def download(home: Home, mv, subpath: str, dest_name: str) -> Path:

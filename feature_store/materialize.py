@@ -85,7 +85,8 @@ def _fresh(home: Home, as_of: date, version: StoreVersion, state: StateConfig) -
     if as_of not in available_as_of(home):
         return False
     m = manifest(home, as_of)
-    return (m.get("store_content_hash") == version.content_hash
+    return (m.get("feature_schema_version") == FEATURE_SCHEMA_VERSION
+            and m.get("store_content_hash") == version.content_hash
             and m.get("state_config") == json.loads(json.dumps(state.model_dump())))
 
 

@@ -27,27 +27,41 @@ TABLE = "action_outcomes"
 
 
 def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "outcomes",
-                    now: datetime | None = None) -> StoreVersion:
+                    now: datetime | None = None, wait: float = 30) -> StoreVersion:
     """Append outcome rows (columns of the ``action_outcomes`` contract) as a new store version.
 
-    Validated as ``nba data ingest --mode append`` validates a file: on any problem
+    Validated as ``nba data ingest --mode append`` validates a file (contract types, allowed values,
+    keys unique, customers and products known, no time in the future): on any problem
     ``DataValidationError`` lists each one (row, column, what was wrong, with ``source`` as the file
-    name) and nothing is stored. Returns the new live version.
+    name) and nothing is stored. Only ``action_outcomes`` and what it references are re-checked.
+    Waits up to ``wait`` seconds for another writer, then raises ``StoreError``. No rows: nothing is
+    written and the live version is returned.
+
+    Each call commits one store version and the store keeps the last few (``KEEP_VERSIONS``), so write
+    outcomes in batches; the scoring API's own outcome store (issue 15) is the place for one-at-a-time
+    writes.
     """
-    with tempfile.TemporaryDirectory(prefix="nba-outcomes-") as tmp:
+    if rows.empty:
+        return store.require_current()
+    store.root.mkdir(parents=True, exist_ok=True)
+    # Rows pass through a Parquet file inside the store's folder (never the system's temp).
+    with tempfile.TemporaryDirectory(prefix=".incoming-", dir=store.root) as tmp:
         path = Path(tmp) / f"{TABLE}.parquet"
         pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), path)
         try:
-            return ingest(Path(tmp), store, mode="append", now=now)
+            return ingest(Path(tmp), store, mode="append", now=now, wait=wait,
+                          source=f"{source}: {len(rows):,} outcome row(s)")
         except DataValidationError as e:
-            # Name the caller's source, not the temporary file the rows went through.
-            raise DataValidationError([replace(p, file=source) if p.file == str(path) else p
+            # Name the caller's source, not the file the rows went through.
+            raise DataValidationError([replace(p, file=source if p.file == str(path) else p.file,
+                                               message=p.message.replace(str(path), source))
                                        for p in e.problems], e.truncated) from None
 
 
-def decision_outcomes(version: StoreVersion, start: date, end: date) -> pd.DataFrame:
+def decision_outcomes(version: StoreVersion, start: date, end: date, known_before: date | None = None) -> pd.DataFrame:
     """One row per decision made in ``[start, end)`` that has an outcome: its latest outcome, except
-    that a decline wins (declines drive the cooldowns).
+    that a decline wins (declines drive the cooldowns). With ``known_before``, only outcome events
+    before that day count (point in time: a re-run of a past day sees what was known then).
 
     Columns: decision_id, customer_id, action_id, action_family, decided_at, outcome, outcome_at.
     """
@@ -55,7 +69,10 @@ def decision_outcomes(version: StoreVersion, start: date, end: date) -> pd.DataF
     if TABLE not in version.tables:
         return pd.DataFrame(columns=cols)
     o = version.read(TABLE, columns=cols).to_pandas()
-    o = o[(o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(end))]
+    keep = (o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(end))
+    if known_before is not None:
+        keep &= o["outcome_at"] < pd.Timestamp(known_before)
+    o = o[keep]
     o = (o.assign(_declined=o["outcome"] == "declined").sort_values(["_declined", "outcome_at"], kind="stable")
          .drop_duplicates("decision_id", keep="last"))
     return o[cols].reset_index(drop=True)

@@ -194,6 +194,9 @@ class TableStore:
         return v
 
     def version(self, name: str) -> StoreVersion:
+        if not _VERSION_RE.match(name):
+            raise StoreError(f"{name!r} is not a store version name (like v000001); kept: "
+                             f"{', '.join(self.version_names()) or 'none'}")
         path = self._versions_dir / name
         try:
             manifest = json.loads((path / "manifest.json").read_text())
@@ -207,21 +210,21 @@ class TableStore:
         return StoreVersion(name, path, manifest)
 
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self, wait: float = 0) -> Iterator[None]:
         try:
-            with lock(self.root / "LOCK", timeout=0, what=f"the store at {self.root}"):
+            with lock(self.root / "LOCK", timeout=wait, what=f"the store at {self.root}"):
                 yield
         except Busy as e:
             raise StoreError(str(e)) from None
 
     @contextlib.contextmanager
-    def write(self, source: str) -> Iterator[VersionWriter]:
+    def write(self, source: str, wait: float = 0) -> Iterator[VersionWriter]:
         """Stage a new version; commit it if the block succeeds, discard it if it raises.
 
-        Only one writer at a time (a second gets ``StoreError``). Staging folders left by a killed
-        writer are removed here, under the lock.
+        Only one writer at a time: another one gets ``StoreError`` after waiting ``wait`` seconds for
+        the lock (0: at once). Staging folders left by a killed writer are removed here, under the lock.
         """
-        with self._lock():
+        with self._lock(wait):
             staging_root = self.root / "staging"
             shutil.rmtree(staging_root, ignore_errors=True)
             staging = staging_root / uuid.uuid4().hex

@@ -15,6 +15,7 @@ and two writers of the same target never interleave.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import time
@@ -56,14 +57,20 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+_LOCKS: dict[str, filelock.FileLock] = {}  # one instance per lock file: re-entrant within a thread
+
+
 @contextlib.contextmanager
 def lock(path: Path, timeout: float = 0, what: str | None = None) -> Iterator[None]:
     """Hold the lock file ``path`` for the block. ``timeout``: seconds to wait (0: fail at once, -1:
-    wait for ever). Raises :class:`Busy` naming ``what`` (default: the lock file) when it is held."""
+    wait for ever). Re-entrant: a thread that holds it may take it again (a run that locks its target
+    for its whole length, then publishes into it). Raises :class:`Busy` naming ``what`` (default: the
+    lock file) when another process or thread holds it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fl = filelock.FileLock(str(path), timeout=timeout)
+    fl = _LOCKS.setdefault(str(path), filelock.FileLock(str(path)))
     try:
-        fl.acquire()
+        fl.acquire(timeout=timeout)
     except filelock.Timeout:
         raise Busy(f"{what or path} is being written by another process (lock {path})") from None
     try:
@@ -73,7 +80,8 @@ def lock(path: Path, timeout: float = 0, what: str | None = None) -> Iterator[No
 
 
 def write_file(path: Path, data: bytes | str) -> None:
-    """Replace ``path`` with ``data``: written to a temporary file beside it, fsynced, renamed over."""
+    """Replace ``path`` with ``data``: written to a temporary file beside it, fsynced, renamed over.
+    The caller holds the lock of whatever ``path`` belongs to."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}"
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     with open(tmp, "rb") as f:
@@ -87,6 +95,21 @@ def builds_dir(target: Path) -> Path:
     return target.parent / f".{target.name}.d"
 
 
+def lock_path(target: Path) -> Path:
+    """The lock file :func:`publish_dir` holds while it writes ``target``."""
+    return target.parent / f".{target.name}.lock"
+
+
+def _checked(target: Path) -> Path:
+    target = Path(os.path.abspath(target))
+    if target.name in ("", ".", ".."):
+        raise NBAError(f"cannot publish a folder at {target}: name a folder")
+    cwd = Path.cwd()
+    if target == cwd or target in cwd.parents:
+        raise NBAError(f"cannot replace {target}: it holds the current directory; name another folder")
+    return target
+
+
 def publish_dir(target: Path, build: Callable[[Path], None], *, timeout: float = 0, what: str | None = None,
                 if_exists: Literal["replace", "keep"] = "replace") -> Path:
     """Build a new version of the folder ``target`` aside and switch to it atomically.
@@ -98,13 +121,14 @@ def publish_dir(target: Path, build: Callable[[Path], None], *, timeout: float =
     alone without building (immutable downloads). A ``target`` that is a real folder (written by an
     earlier version of this code) is moved aside into the builds first.
 
-    Raises :class:`Busy` when another writer holds the lock longer than ``timeout`` seconds.
+    Raises :class:`Busy` when another writer holds the lock longer than ``timeout`` seconds, and
+    ``NBAError`` for a target that is no folder name or holds the current directory.
     """
-    target = Path(target)
+    target = _checked(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     builds = builds_dir(target)
-    with lock(parent / f".{target.name}.lock", timeout, what or str(target)):
+    with lock(lock_path(target), timeout, what or str(target)):
         if if_exists == "keep" and target.exists():
             return target
         builds.mkdir(exist_ok=True)
@@ -113,16 +137,19 @@ def publish_dir(target: Path, build: Callable[[Path], None], *, timeout: float =
         try:
             build(folder)
             fsync_tree(folder)
+            if target.exists() and not target.is_symlink():
+                os.rename(target, builds / f"legacy-{uuid.uuid4().hex[:8]}")
+            tmp = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.link"
+            os.symlink(os.path.relpath(folder, parent), tmp)
+            os.replace(tmp, target)  # atomic: readers see the old build or the new one
+            fsync_dir(parent)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            if not (target.is_symlink() and target.resolve() == folder.resolve()):
+                shutil.rmtree(folder, ignore_errors=True)
             raise
-        if target.exists() and not target.is_symlink():
-            os.rename(target, builds / f"legacy-{uuid.uuid4().hex[:8]}")
-        tmp = parent / f".{target.name}.{uuid.uuid4().hex[:8]}.link"
-        os.symlink(os.path.relpath(folder, parent), tmp)
-        os.replace(tmp, target)  # atomic: readers see the old build or the new one
-        fsync_dir(parent)
         for stale in builds.iterdir():
             if stale != folder:
                 shutil.rmtree(stale, ignore_errors=True)
+        for stale in parent.glob(f".{glob.escape(target.name)}.*.link"):  # left by a writer killed mid-switch
+            stale.unlink(missing_ok=True)
     return target

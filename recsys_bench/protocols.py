@@ -20,7 +20,6 @@ from nba.metrics import ranking_metrics
 from nba.ranking import ScoreFn, top_k
 
 
-
 def stratified_split(users: np.ndarray, items: np.ndarray, ratio: float = 0.75,
                      seed: int = 42) -> np.ndarray:
     """Boolean mask over the ratings: True = train. Same assignment as Recommenders' splitter."""

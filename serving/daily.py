@@ -32,7 +32,7 @@ from bundle import Bundle, registry
 from feature_store.materialize import features_at
 from feature_store.outcomes import decision_outcomes
 from feature_store.store import StoreVersion, TableStore
-from nba.atomic import Busy, publish_dir
+from nba.atomic import Busy, lock, lock_path, publish_dir
 from nba.catalog import Catalog, load_catalog
 from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
 from nba.errors import NBAError, StoreError
@@ -66,11 +66,12 @@ class DailyResult:
 
 
 def history(home: Home, version: StoreVersion, day: date) -> pd.DataFrame:
-    """Decisions of the last HISTORY_DAYS before ``day``: outcomes from the store, plus the earlier daily
-    runs' own decisions whose outcomes have not come back yet."""
+    """Decisions of the last HISTORY_DAYS before ``day``: outcomes known before ``day`` from the store,
+    plus the earlier daily runs' own decisions whose outcomes have not come back yet."""
     start = day - timedelta(days=HISTORY_DAYS)
     frames = []
-    rows = decision_outcomes(version, start, day + timedelta(days=1))
+    # Point in time: outcomes known before the day (a re-run of the day decides as it did then).
+    rows = decision_outcomes(version, start, day, known_before=day)
     if len(rows):
         frames.append(pd.DataFrame({
             "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
@@ -142,7 +143,21 @@ def _options_with_ray(feats, catalog, inputs, day, hist, address: str) -> pd.Dat
 
 def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, catalog_path: Path | None = None,
               ray_address: str | None = None, log=lambda m: None, _kill_at: str | None = None) -> DailyResult:
-    """Score every client for ``day``, assign actions to RMs and write the day's lists atomically."""
+    """Score every client for ``day``, assign actions to RMs and write the day's lists atomically.
+
+    The day's lock is held for the whole run: a second run for the same day fails at once with
+    ``DailyError`` instead of doing all its work and then finding the day locked.
+    """
+    target = home.daily / day.isoformat()
+    try:
+        with lock(lock_path(target), 0, f"the daily lists of {day}"):
+            return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at)
+    except Busy as e:
+        raise DailyError(f"another daily run for {day} is in progress (lock {lock_path(target)})") from e
+
+
+def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
+               log, _kill_at: str | None) -> DailyResult:
     seconds = {}
     t = time.perf_counter()
     version = TableStore(home.store).require_current()
@@ -208,8 +223,9 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
 
     try:
         return publish_dir(home.daily / day.isoformat(), build, what=f"the daily lists of {day}")
-    except Busy as e:
-        raise DailyError(f"another daily run for {day} is in progress ({e})") from None
+    except Busy:
+        raise DailyError(f"another daily run for {day} is in progress "
+                         f"(lock {lock_path(home.daily / day.isoformat())})") from None
 
 
 def read_day(home: Home, day: date) -> pd.DataFrame:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from nba.atomic import Busy, builds_dir, lock, publish_dir, write_file
+from nba.atomic import Busy, builds_dir, lock, lock_path, publish_dir, write_file
+from nba.errors import NBAError
 
 
 def _fill(text: str):
@@ -55,10 +59,26 @@ def test_a_killed_build_leaves_the_previous_one_and_the_next_run_cleans_up(tmp_p
 
 def test_one_writer_at_a_time_and_keep_mode(tmp_path):
     target = tmp_path / "model"
-    with lock(tmp_path / ".model.lock"):
+    ready = tmp_path / "held"
+    code = ("import time; from pathlib import Path; from nba.atomic import lock, lock_path; "
+            f"cm = lock(lock_path(Path({str(target)!r}))); cm.__enter__(); Path({str(ready)!r}).touch(); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(600):
+            if ready.exists():
+                break
+            time.sleep(0.05)
         with pytest.raises(Busy, match="being written by another process"):
             publish_dir(target, _fill("one"))
+    finally:
+        holder.kill()
+        holder.wait()
     assert not target.exists()
+    # The holder's own thread may take the lock again (a run that locks its whole length, then publishes).
+    with lock(lock_path(target)):
+        publish_dir(target, _fill("zero"))
+    shutil.rmtree(builds_dir(target))
+    target.unlink()
     publish_dir(target, _fill("one"), if_exists="keep")
     publish_dir(target, _fill("two"), if_exists="keep")  # immutable: the first download stays
     assert (target / "a.txt").read_text() == "one"
@@ -77,3 +97,19 @@ def test_write_file_replaces_whole(tmp_path):
     write_file(f, "v000001\n")
     write_file(f, b"v000002\n")
     assert f.read_text() == "v000002\n" and [p.name for p in tmp_path.iterdir()] == ["CURRENT"]
+
+
+def test_targets_that_are_no_folder_or_hold_the_working_directory_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inner").mkdir()
+    for bad in (Path("."), Path(".."), tmp_path):
+        with pytest.raises(NBAError, match="cannot"):
+            publish_dir(bad, _fill("x"))
+    assert (tmp_path / "inner").is_dir() and not list(tmp_path.glob(".*.d"))
+
+
+def test_a_link_left_by_a_writer_killed_mid_switch_is_removed(tmp_path):
+    target = tmp_path / "day"
+    (tmp_path / ".day.deadbeef.link").symlink_to("nowhere")
+    publish_dir(target, _fill("one"))
+    assert not list(tmp_path.glob(".day.*.link"))

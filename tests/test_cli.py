@@ -115,7 +115,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     assert "7. next best actions" in r.stdout and "printable list:" in r.stdout
     days = [p for p in (home / "daily").iterdir() if not p.name.startswith(".")]
     assert len(days) == 1 and (days[0] / "decisions.parquet").exists() and any((days[0] / "rm").glob("*.html"))
-    assert any((home / "models").glob("nba-v2/index/*/customers/index.faiss"))
+    assert any((home / "models").glob("nba-v2-*/index/*/customers/index.faiss"))
     assert not (tmp_path / "mlruns").exists() and not (Path.cwd() / "mlruns").exists()
     r = run(["data", "status"], home)
     assert "1,500" in r.stdout

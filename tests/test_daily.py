@@ -146,6 +146,8 @@ def test_outcomes_close_the_loop(home, first, tmp_path):
            "decided_at": pd.Timestamp(f"{DAY}T09:00:00")}
     record_outcomes(store, pd.DataFrame([{**row, "outcome": "shown", "outcome_at": pd.Timestamp(f"{DAY}T10:00:00")},
                                          {**row, "outcome": "declined", "outcome_at": pd.Timestamp(f"{DAY}T15:00:00")}]))
+    # Point in time: a re-run of the day decides as it did (the decline was not known before it).
+    assert run_daily(home, DAY).decisions.reset_index(drop=True).equals(d.reset_index(drop=True))
     h = history(home, store.require_current(), DAY + timedelta(days=1))
     mine = h[(h.customer_id == r.customer_id) & (h.action_id == r.action_id)]
     assert len(mine) == 1 and mine.outcome.iloc[0] == "declined"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.device import resolve_device
 from nba.errors import ConfigError
+from training.device import resolve_device
 
 
 def test_default_follows_the_hardware(monkeypatch):

@@ -13,11 +13,11 @@ import pytest
 
 from feature_store.ingest import ingest
 from feature_store.materialize import get_training_frame, materialize, read_features
-from nba.atomic import builds_dir
 from feature_store.offline import compute_features, data_end
 from feature_store.store import TableStore
 from nba import features as F
 from nba import schema
+from nba.atomic import builds_dir
 from nba.errors import StoreError
 from nba.home import Home
 from nba.state import StateConfig, identify

@@ -274,6 +274,12 @@ def test_one_writer_at_a_time(loaded, csv_bank):
             ingest(csv_bank, loaded, now=NOW)
 
 
+def test_rollback_takes_version_names_not_paths(loaded):
+    with pytest.raises(StoreError, match="not a store version name"):
+        loaded.rollback("../versions/v000001")
+    assert loaded.current().name == "v000001"
+
+
 def test_rollback_makes_an_older_version_live(loaded, csv_bank):
     df = _csv(csv_bank, "relationship_managers")
     df["branch"] = "HQ"

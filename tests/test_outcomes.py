@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime
 
 import pandas as pd
@@ -56,3 +57,37 @@ def test_bad_outcomes_name_the_row_and_column_and_store_nothing(loaded):
     with pytest.raises(DataValidationError, match="mood"):
         record_outcomes(loaded, pd.DataFrame([{**_row(loaded), "mood": "good"}]), now=NOW)
     assert loaded.require_current().name == before
+
+
+def test_messages_and_the_version_name_the_source_and_an_empty_batch_writes_nothing(loaded):
+    before = loaded.require_current()
+    assert record_outcomes(loaded, pd.DataFrame(columns=list(_row(loaded))), now=NOW).name == before.name
+    dup = pd.DataFrame([_row(loaded), _row(loaded)])
+    with pytest.raises(DataValidationError) as e:
+        record_outcomes(loaded, dup, source="workbench", now=NOW)
+    text = str(e.value)
+    assert "duplicate key" in text and "workbench" in text and "incoming" not in text and "/tmp" not in text
+    v = record_outcomes(loaded, pd.DataFrame([_row(loaded)]), source="workbench", now=NOW)
+    assert v.manifest["source"] == "workbench: 1 outcome row(s)"
+    assert not [p for p in loaded.root.iterdir() if p.name.startswith(".incoming")], "nothing left behind"
+
+
+def test_a_second_writer_waits_for_the_first(loaded):
+    import threading
+
+    from nba.atomic import lock
+
+    release = threading.Event()
+
+    def hold():
+        with lock(loaded.root / "LOCK"):
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.2)
+    threading.Timer(1.0, release.set).start()
+    v = record_outcomes(loaded, pd.DataFrame([_row(loaded)]), now=NOW, wait=30)
+    t.join()
+    assert v.rows("action_outcomes") == loaded.require_current().rows("action_outcomes")
+    assert "N-test-1" in set(decision_outcomes(v, date(2026, 5, 1), date(2026, 6, 1)).decision_id)

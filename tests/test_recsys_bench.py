@@ -55,8 +55,8 @@ def test_bench_recsys_rejects_unknown_models(ml_slice):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "recsys").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_recsys_config_is_valid(path):
-    from training.loop import TrainConfig
     from recsys_bench.harness import load_bench_config
+    from training.loop import TrainConfig
     cfg, used = load_bench_config("unused", path)
     assert used == path
     for overrides in (cfg.nba, cfg.lightgcn):

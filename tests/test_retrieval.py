@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from bundle import BundleError, registry
 from nba.home import Home
 from serving.index import IndexConfig, IndexSpec, RetrievalError
 from serving.retrieval import INDEX_TAG, Retriever, build_for_version, load_for_version
 from tests.conftest import trained_home
-from bundle import registry
 
 APPROX = IndexConfig(customers=IndexSpec(exact_below=1000, kind="hnsw", hnsw_m=16))
 
@@ -42,7 +42,7 @@ def test_indexes_are_logged_to_the_model_version(home, built):
     shutil.rmtree(home.root / "models", ignore_errors=True)
     snap = load_for_version(home, "champion", device="cpu")
     assert snap.version == int(mv.version) and snap.build_id == built.build_id
-    assert (home.root / "models" / f"nba-v{mv.version}" / "index" / built.build_id / "build.json").exists()
+    assert (registry.cache_dir(home, mv) / "index" / built.build_id / "build.json").exists()
     assert len(snap.customers) == len(snap.bundle.customer_ids) and snap.customers.kind == "hnsw"
 
 
@@ -110,7 +110,6 @@ def test_unknown_ids_and_missing_index_are_named(home, built, tmp_path):
         r.candidates(["C-19"], 3)
     with pytest.raises(RetrievalError, match="unknown product_id 'NOPE'"):
         r.candidates(r.snapshot.bundle.customer_ids[:1], 3, exclude_products=["NOPE"])
-    from bundle import BundleError
     with pytest.raises(BundleError, match="no version or alias 'staging'"):
         Retriever(home, "staging")
 
@@ -140,3 +139,17 @@ def test_cli_query_and_lookalike(home, built, tmp_path):
     bad.write_text("id,segment\nC1,mass\n")
     r = run_cli(home, "index", "lookalike", "--seeds-file", str(bad))
     assert r.returncode == 2 and "no 'customer_id' column" in r.stderr and "bad.csv" in r.stderr
+
+
+def test_download_cache_is_keyed_by_the_model_behind_the_version(tmp_path):
+    """A recreated tracking store (or another MLFLOW_TRACKING_URI) also has a version 1: its files must
+    not be served from the first one's cache."""
+    from types import SimpleNamespace
+
+    h = Home.resolve(tmp_path)
+    a = SimpleNamespace(name="nba", version="1", model_id="m-0123456789abcdef", run_id="r1", source="")
+    b = SimpleNamespace(name="nba", version="1", model_id="m-fedcba9876543210", run_id="r2", source="")
+    assert registry.cache_dir(h, a) != registry.cache_dir(h, b)
+    assert registry.cache_dir(h, a).parent == h.root / "models"
+    with pytest.raises(BundleError, match="not allowed"):
+        registry.model_name("x'y")

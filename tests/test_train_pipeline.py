@@ -10,19 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bundle import SCHEMA_VERSION as BUNDLE_SCHEMA_VERSION
+from bundle import BundleError
+from bundle import read_bundle as load_bundle
+from bundle.registry import load_registered
 from feature_store.ingest import ingest
 from feature_store.store import TableStore
 from nba.config import CONFIG_DIR
 from nba.errors import ConfigError
 from nba.home import Home
 from tests.conftest import AS_OF
-from bundle import SCHEMA_VERSION as BUNDLE_SCHEMA_VERSION
-from bundle import BundleError
-from bundle import read_bundle as load_bundle
 from training.config import RayConfig, load_run_config
 from training.loop import train_loop
 from training.pipeline import prepare, run_training
-from bundle.registry import load_registered
 from training.trainer import fit
 
 TRAIN_AS_OF = AS_OF - timedelta(days=90)  # the store holds the 90 days after it: a backtest
@@ -75,6 +75,13 @@ def test_bundle_round_trips_through_mlflow(first_run, home):
     pred = model.predict(pd.DataFrame({"customer_id": ids}), params={"k": 3})
     assert pred[["customer_id", "product_id"]].equals(recs[["customer_id", "product_id"]])
     assert pred["churn_probability"].between(0, 1).all()
+    # Only the trainer rebuilds the network: the bundle's weights are the trained ones.
+    import torch
+
+    from training.model import from_bundle
+    rebuilt = from_bundle(local).state_dict()
+    trained = first_run.result.model.state_dict()
+    assert rebuilt.keys() == trained.keys() and all(torch.equal(rebuilt[k], trained[k].cpu()) for k in trained)
     # The run logged config, data snapshot, code version, per-epoch metrics and plots.
     client = mlflow.MlflowClient()
     run = client.get_run(first_run.run_id)
@@ -157,8 +164,8 @@ def test_ray_ddp_two_workers(small_data, ray_session, tmp_path):
 
 def test_bundle_carries_a_calibrated_propensity(first_run, home):
     """Predicted openings over the 90 days after as_of are within a factor 1.5 of the actual ones."""
-    from feature_store.offline import label_frame
     from bundle import read_bundle as load_bundle
+    from feature_store.offline import label_frame
 
     b = load_bundle(first_run.bundle_dir)
     cal = b.meta["propensity"]

@@ -24,10 +24,9 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
+from bundle.encoder import FeatureEncoder
 from feature_store.offline import connect
 from feature_store.store import StoreVersion
-from nba import features as F
-from bundle.encoder import FeatureEncoder
 from nba import schema
 
 from .loop import InteractionData

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from training.device import resolve_device
 from nba.metrics import ranking_metrics
+from nba.ranking import top_k
+from training.device import resolve_device
 
 from .model import HybridGNN, normalized_adjacency
-from nba.ranking import top_k
 
 
 class TrainConfig(BaseModel):
