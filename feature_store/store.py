@@ -39,6 +39,9 @@ from nba.errors import StoreError
 
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 KEEP_VERSIONS = 5
+# A version stays readable for this long after a newer one was committed, however many versions come
+# after it: a daily run or a training run that started on it finishes on it.
+GRACE_SECONDS = 6 * 3600
 
 
 def _sha256(path: Path) -> str:
@@ -262,9 +265,20 @@ class TableStore:
             self._switch(name)
             return v
 
-    def _gc(self, keep: int) -> None:
+    def _gc(self, keep: int, grace_seconds: float | None = None) -> None:
+        """Remove versions beyond the newest ``keep``, except the live one and those superseded less
+        than ``grace_seconds`` ago (a reader may still be on them)."""
+        grace = GRACE_SECONDS if grace_seconds is None else grace_seconds
         current = self._current_file.read_text().strip()
         names = self.version_names()
-        for name in names[:-keep]:
-            if name != current:
+        now = datetime.now(timezone.utc)
+        for name, successor in zip(names[:-keep], names[1:]):
+            if name == current:
+                continue
+            try:
+                created = json.loads((self._versions_dir / successor / "manifest.json").read_text())["created_at"]
+                age = (now - datetime.fromisoformat(created)).total_seconds()
+            except (OSError, KeyError, ValueError):
+                age = float("inf")
+            if age >= grace:
                 shutil.rmtree(self._versions_dir / name, ignore_errors=True)

@@ -274,6 +274,21 @@ def test_one_writer_at_a_time(loaded, csv_bank):
             ingest(csv_bank, loaded, now=NOW)
 
 
+def test_old_versions_stay_readable_for_a_grace_period(loaded):
+    """A burst of commits (outcomes coming back) must not delete the version a long run is reading."""
+    from nba import schema
+
+    reading = loaded.require_current()
+    for i in range(7):
+        with loaded.write(f"burst {i}") as w:
+            for t in schema.TABLES:
+                w.link_from_parent(t)
+    assert len(loaded.version_names()) == 8 and reading.path.exists()
+    assert reading.read("customers").num_rows > 0
+    loaded._gc(keep=5, grace_seconds=0)  # past the grace period only the newest 5 remain
+    assert loaded.version_names() == [f"v{n:06d}" for n in range(4, 9)] and not reading.path.exists()
+
+
 def test_rollback_takes_version_names_not_paths(loaded):
     with pytest.raises(StoreError, match="not a store version name"):
         loaded.rollback("../versions/v000001")
