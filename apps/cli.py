@@ -96,6 +96,10 @@ def data_generate(
 
     day = _parse_date(as_of, "--as-of") or date.today()
     target = out_dir or state.home.ensure().synthetic
+    real, home = target.resolve(), state.home.root.resolve()
+    if real == home or real in home.parents:
+        raise typer.BadParameter(f"{target} holds NBA_HOME ({home}): writing the bank there would replace it",
+                                 param_hint="--out")
     with _progress() as bar:
         task = bar.add_task("generating customers", total=customers)
         manifest = generate(customers, seed, day, target, workers=workers, overwrite=overwrite,

@@ -195,7 +195,7 @@ def _sql(d: date) -> dict[str, str]:
         FROM action_outcomes a
         LEFT JOIN (SELECT customer_id, string_agg(action_id || '=' || ago, '|' ORDER BY action_id) AS declined
                    FROM last_decline GROUP BY customer_id) d USING (customer_id)
-        WHERE a.decided_at < {T}
+        WHERE a.decided_at < {T} AND a.outcome_at < {T}  -- rows known before T (outcomes arrive late)
         GROUP BY a.customer_id"""
     return q
 

@@ -9,6 +9,7 @@ table.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import replace
 from datetime import date, datetime
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nba.errors import DataValidationError
+from nba.errors import DataValidationError, Problem
 
 from .ingest import ingest
 from .store import StoreVersion, TableStore
@@ -37,25 +38,35 @@ def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "out
     Waits up to ``wait`` seconds for another writer, then raises ``StoreError``. No rows: nothing is
     written and the live version is returned.
 
-    Each call commits one store version and the store keeps the last few (``KEEP_VERSIONS``), so write
-    outcomes in batches; the scoring API's own outcome store (issue 15) is the place for one-at-a-time
-    writes.
+    Each call commits one store version (unchanged tables are hard links, but each version costs a
+    folder and its files, and the GC spares versions for hours), so write outcomes in batches; the
+    scoring API's own outcome store (issue 15) is the place for one-at-a-time writes. Raises
+    ``StoreError`` when the store is empty.
     """
+    live = store.require_current()  # StoreError for an empty or missing store: nothing is created
     if rows.empty:
-        return store.require_current()
-    store.root.mkdir(parents=True, exist_ok=True)
+        return live
+    try:
+        table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        found = re.search(r"for column (\S+) with type", str(e))  # pyarrow names the column it failed on
+        column = found.group(1) if found else None
+        raise DataValidationError([Problem(source, f"values of mixed or unsupported types: {e}",
+                                           column=column)]) from None
     # Rows pass through a Parquet file inside the store's folder (never the system's temp).
     with tempfile.TemporaryDirectory(prefix=".incoming-", dir=store.root) as tmp:
         path = Path(tmp) / f"{TABLE}.parquet"
-        pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), path)
+        pq.write_table(table, path)
         try:
             return ingest(Path(tmp), store, mode="append", now=now, wait=wait,
                           source=f"{source}: {len(rows):,} outcome row(s)")
         except DataValidationError as e:
             # Name the caller's source, not the file the rows went through.
-            raise DataValidationError([replace(p, file=source if p.file == str(path) else p.file,
+            raise DataValidationError([replace(p, file=source if p.file in (str(path), tmp) else p.file,
                                                message=p.message.replace(str(path), source))
                                        for p in e.problems], e.truncated) from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # e.g. nanoseconds the contract cannot hold
+            raise DataValidationError([Problem(source, f"values the contract cannot hold: {e}")]) from None
 
 
 def decision_outcomes(version: StoreVersion, start: date, end: date, known_before: date | None = None) -> pd.DataFrame:

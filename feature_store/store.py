@@ -5,6 +5,7 @@ Layout::
     store/
       CURRENT                      name of the live version ("v000003"), replaced atomically
       LOCK                         held (flock) by the one writer at a time
+      SWITCHES                     when each version became live (the GC spares recently live ones)
       versions/v000003/
         manifest.json              tables, parts, row counts, content hashes, source, created_at
         customers/part-00000.parquet ...
@@ -197,7 +198,7 @@ class TableStore:
         return v
 
     def version(self, name: str) -> StoreVersion:
-        if not _VERSION_RE.match(name):
+        if not _VERSION_RE.fullmatch(name):
             raise StoreError(f"{name!r} is not a store version name (like v000001); kept: "
                              f"{', '.join(self.version_names()) or 'none'}")
         path = self._versions_dir / name
@@ -257,6 +258,28 @@ class TableStore:
 
     def _switch(self, name: str) -> None:
         write_file(self._current_file, name + "\n")
+        # When each version became live: the GC spares a version for a while after it stopped being live.
+        with open(self.root / "SWITCHES", "a") as f:
+            f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {name}\n")
+
+    def _superseded_at(self) -> dict[str, datetime]:
+        """When each version last stopped being live, from the switch log."""
+        out: dict[str, datetime] = {}
+        try:
+            lines = (self.root / "SWITCHES").read_text().splitlines()
+        except FileNotFoundError:
+            return out
+        prev = None
+        for line in lines:
+            at, _, name = line.partition(" ")
+            try:
+                when = datetime.fromisoformat(at)
+            except ValueError:
+                continue
+            if prev is not None and prev != name:
+                out[prev] = when
+            prev = name
+        return out
 
     def rollback(self, name: str) -> StoreVersion:
         """Make an earlier committed version live again."""
@@ -266,19 +289,23 @@ class TableStore:
             return v
 
     def _gc(self, keep: int, grace_seconds: float | None = None) -> None:
-        """Remove versions beyond the newest ``keep``, except the live one and those superseded less
-        than ``grace_seconds`` ago (a reader may still be on them)."""
+        """Remove versions beyond the newest ``keep``, except the live one and those that stopped being
+        live less than ``grace_seconds`` ago (a reader may still be on them; a rollback makes an old
+        version live again)."""
         grace = GRACE_SECONDS if grace_seconds is None else grace_seconds
         current = self._current_file.read_text().strip()
         names = self.version_names()
+        superseded = self._superseded_at()
         now = datetime.now(timezone.utc)
         for name, successor in zip(names[:-keep], names[1:]):
             if name == current:
                 continue
-            try:
-                created = json.loads((self._versions_dir / successor / "manifest.json").read_text())["created_at"]
-                age = (now - datetime.fromisoformat(created)).total_seconds()
-            except (OSError, KeyError, ValueError):
-                age = float("inf")
-            if age >= grace:
+            when = superseded.get(name)
+            if when is None:  # before the switch log existed: the next version's commit time
+                try:
+                    when = datetime.fromisoformat(
+                        json.loads((self._versions_dir / successor / "manifest.json").read_text())["created_at"])
+                except (OSError, KeyError, ValueError):
+                    when = None
+            if when is None or (now - when).total_seconds() >= grace:
                 shutil.rmtree(self._versions_dir / name, ignore_errors=True)

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -57,22 +58,30 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-_LOCKS: dict[str, filelock.FileLock] = {}  # one instance per lock file: re-entrant within a thread
+# One instance per lock file while it is held, for the re-entrant locks (weak: released ones go away).
+_REENTRANT: weakref.WeakValueDictionary[str, filelock.FileLock] = weakref.WeakValueDictionary()
 
 
 @contextlib.contextmanager
-def lock(path: Path, timeout: float = 0, what: str | None = None) -> Iterator[None]:
+def lock(path: Path, timeout: float = 0, what: str | None = None, reentrant: bool = False) -> Iterator[None]:
     """Hold the lock file ``path`` for the block. ``timeout``: seconds to wait (0: fail at once, -1:
-    wait for ever). Re-entrant: a thread that holds it may take it again (a run that locks its target
-    for its whole length, then publishes into it). Raises :class:`Busy` naming ``what`` (default: the
-    lock file) when another process or thread holds it.
+    wait for ever). With ``reentrant``, a thread that holds it may take it again (a run that locks its
+    target for its whole length, then publishes into it); without, even the same thread is refused.
+    Raises :class:`Busy` naming ``what`` (default: the lock file) when another holder has it.
     """
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fl = _LOCKS.setdefault(str(path), filelock.FileLock(str(path)))
+    if reentrant:
+        fl = _REENTRANT.get(str(path))
+        if fl is None:
+            fl = filelock.FileLock(str(path))
+            _REENTRANT[str(path)] = fl
+    else:
+        fl = filelock.FileLock(str(path))
     try:
         fl.acquire(timeout=timeout)
     except filelock.Timeout:
-        raise Busy(f"{what or path} is being written by another process (lock {path})") from None
+        raise Busy(f"{what or path} is being written by another process or thread (lock {path})") from None
     try:
         yield
     finally:
@@ -104,9 +113,12 @@ def _checked(target: Path) -> Path:
     target = Path(os.path.abspath(target))
     if target.name in ("", ".", ".."):
         raise NBAError(f"cannot publish a folder at {target}: name a folder")
-    cwd = Path.cwd()
-    if target == cwd or target in cwd.parents:
+    real = Path(os.path.realpath(target.parent)) / target.name  # through any linked parent folder
+    cwd = Path(os.path.realpath(Path.cwd()))
+    if real == cwd or real in cwd.parents:
         raise NBAError(f"cannot replace {target}: it holds the current directory; name another folder")
+    if target.exists() and not target.is_symlink() and not target.is_dir():
+        raise NBAError(f"cannot publish a folder at {target}: a file is there")
     return target
 
 
@@ -122,13 +134,14 @@ def publish_dir(target: Path, build: Callable[[Path], None], *, timeout: float =
     earlier version of this code) is moved aside into the builds first.
 
     Raises :class:`Busy` when another writer holds the lock longer than ``timeout`` seconds, and
-    ``NBAError`` for a target that is no folder name or holds the current directory.
+    ``NBAError`` for a target that is no folder name, is a file, or holds the current directory
+    (also when reached through a linked folder).
     """
     target = _checked(target)
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     builds = builds_dir(target)
-    with lock(lock_path(target), timeout, what or str(target)):
+    with lock(lock_path(target), timeout, what or str(target), reentrant=True):
         if if_exists == "keep" and target.exists():
             return target
         builds.mkdir(exist_ok=True)

@@ -669,6 +669,8 @@ def generate(n_customers: int, seed: int, as_of: date, out: Path, *, workers: in
     if n_customers > 99_999_999:
         raise ConfigError(f"--customers must be at most 99,999,999, not {n_customers}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"output folder {out} is not empty (pass --overwrite to replace it)")
     manifest: dict = {}

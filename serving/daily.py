@@ -21,6 +21,7 @@ import html
 import json
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -149,11 +150,12 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
     ``DailyError`` instead of doing all its work and then finding the day locked.
     """
     target = home.daily / day.isoformat()
-    try:
-        with lock(lock_path(target), 0, f"the daily lists of {day}"):
-            return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at)
-    except Busy as e:
-        raise DailyError(f"another daily run for {day} is in progress (lock {lock_path(target)})") from e
+    with ExitStack() as held:
+        try:
+            held.enter_context(lock(lock_path(target), 0, f"the daily lists of {day}", reentrant=True))
+        except Busy:
+            raise DailyError(f"another daily run for {day} is in progress (lock {lock_path(target)})") from None
+        return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at)
 
 
 def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
@@ -223,7 +225,7 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
 
     try:
         return publish_dir(home.daily / day.isoformat(), build, what=f"the daily lists of {day}")
-    except Busy:
+    except Busy:  # reached only when write() is called without run_daily's lock
         raise DailyError(f"another daily run for {day} is in progress "
                          f"(lock {lock_path(home.daily / day.isoformat())})") from None
 

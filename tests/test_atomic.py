@@ -74,9 +74,14 @@ def test_one_writer_at_a_time_and_keep_mode(tmp_path):
         holder.kill()
         holder.wait()
     assert not target.exists()
-    # The holder's own thread may take the lock again (a run that locks its whole length, then publishes).
-    with lock(lock_path(target)):
+    # The holder's own thread may take a re-entrant lock again (a run that locks its whole length, then
+    # publishes); a plain lock (the store's writer lock) refuses even its own thread.
+    with lock(lock_path(target), reentrant=True):
         publish_dir(target, _fill("zero"))
+    with lock(tmp_path / "LOCK"):
+        with pytest.raises(Busy):
+            with lock(tmp_path / "LOCK"):
+                pass
     shutil.rmtree(builds_dir(target))
     target.unlink()
     publish_dir(target, _fill("one"), if_exists="keep")
@@ -106,6 +111,15 @@ def test_targets_that_are_no_folder_or_hold_the_working_directory_are_refused(tm
         with pytest.raises(NBAError, match="cannot"):
             publish_dir(bad, _fill("x"))
     assert (tmp_path / "inner").is_dir() and not list(tmp_path.glob(".*.d"))
+    # ... also when reached through a linked folder, and a file is never replaced by a folder.
+    (tmp_path.parent / f"{tmp_path.name}-link").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path / "inner")
+    with pytest.raises(NBAError, match="current directory"):
+        publish_dir(tmp_path.parent / f"{tmp_path.name}-link" / "inner", _fill("x"))
+    (tmp_path / "f.txt").write_text("keep")
+    with pytest.raises(NBAError, match="a file is there"):
+        publish_dir(tmp_path / "f.txt", _fill("x"))
+    assert (tmp_path / "inner").is_dir() and (tmp_path / "f.txt").read_text() == "keep"
 
 
 def test_a_link_left_by_a_writer_killed_mid_switch_is_removed(tmp_path):
@@ -113,3 +127,11 @@ def test_a_link_left_by_a_writer_killed_mid_switch_is_removed(tmp_path):
     (tmp_path / ".day.deadbeef.link").symlink_to("nowhere")
     publish_dir(target, _fill("one"))
     assert not list(tmp_path.glob(".day.*.link"))
+
+
+def test_a_reentrant_lock_is_one_lock_whatever_the_spelling_of_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    with lock(Path("home") / ".day.lock", reentrant=True):  # relative, as a Home built by hand gives it
+        publish_dir(tmp_path / "home" / "day", _fill("one"))  # absolute inside publish_dir
+    assert (tmp_path / "home" / "day" / "a.txt").read_text() == "one"

@@ -40,6 +40,11 @@ def test_generate_then_ingest_then_status(tmp_path):
     assert r.returncode == 0 and "customers" in r.stdout and "400" in r.stdout
     assert sorted(p.name for p in home.iterdir() if not p.name.startswith(".")) == ["store", "synthetic"], \
         "nothing outside NBA_HOME"
+    # A bank written over NBA_HOME (or a folder holding it) would replace the store: refused.
+    for out in (home, tmp_path):
+        r = run(["data", "generate", "-n", "50", "--out", str(out), "--overwrite"], home)
+        assert r.returncode == 2 and "holds NBA_HOME" in r.stderr
+    assert (home / "store" / "CURRENT").exists()
 
 
 def test_features_materialize_and_get(tmp_path):

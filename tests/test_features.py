@@ -215,6 +215,12 @@ def test_planted_future_events_leave_features_unchanged(bank, tmp_path):
         "decision_id": [f"DF{i}" for i in range(n)], "customer_id": victims, "action_family": "product_offer",
         "action_id": "offer:FUND-EM", "product_id": "FUND-EM", "channel": "email", "decided_at": ts,
         "outcome": "declined", "outcome_at": ts + pd.Timedelta(days=1)})], ignore_index=True)
+    # A decision made before as_of whose outcome arrives after it: not known at as_of either.
+    tables["action_outcomes"] = pd.concat([tables["action_outcomes"], pd.DataFrame({
+        "decision_id": [f"DL{i}" for i in range(n)], "customer_id": victims, "action_family": "care_contact",
+        "action_id": "care:check_in", "product_id": None, "channel": "phone",
+        "decided_at": ts - pd.Timedelta(hours=2), "outcome": "reached", "outcome_at": ts + pd.Timedelta(hours=2)})],
+        ignore_index=True)
 
     src = tmp_path / "planted"
     src.mkdir()

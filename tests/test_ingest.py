@@ -289,6 +289,24 @@ def test_old_versions_stay_readable_for_a_grace_period(loaded):
     assert loaded.version_names() == [f"v{n:06d}" for n in range(4, 9)] and not reading.path.exists()
 
 
+def test_a_version_made_live_by_rollback_is_spared_after_it_is_superseded(loaded):
+    from nba import schema
+
+    def commit():
+        with loaded.write("x") as w:
+            for t in schema.TABLES:
+                w.link_from_parent(t)
+
+    for _ in range(6):
+        commit()
+    loaded._gc(keep=5, grace_seconds=0)
+    oldest = loaded.version_names()[0]
+    loaded.rollback(oldest)
+    commit()  # the rolled-back version stopped being live just now: a reader may be on it
+    loaded._gc(keep=5, grace_seconds=3600)
+    assert oldest in loaded.version_names() and loaded.version(oldest).read("customers").num_rows > 0
+
+
 def test_rollback_takes_version_names_not_paths(loaded):
     with pytest.raises(StoreError, match="not a store version name"):
         loaded.rollback("../versions/v000001")

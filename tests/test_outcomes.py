@@ -91,3 +91,18 @@ def test_a_second_writer_waits_for_the_first(loaded):
     t.join()
     assert v.rows("action_outcomes") == loaded.require_current().rows("action_outcomes")
     assert "N-test-1" in set(decision_outcomes(v, date(2026, 5, 1), date(2026, 6, 1)).decision_id)
+
+
+def test_rows_arrow_cannot_read_and_a_missing_store_are_clear_errors(loaded, tmp_path):
+    mixed = pd.DataFrame([_row(loaded), _row(loaded, decision_id="N-test-2", customer_id=12345)])
+    with pytest.raises(DataValidationError, match="mixed or unsupported types") as e:
+        record_outcomes(loaded, mixed, source="api", now=NOW)
+    assert e.value.problems[0].file == "api" and e.value.problems[0].column == "customer_id"
+    nano = pd.DataFrame([_row(loaded, outcome_at=pd.Timestamp("2026-05-20T09:05:00.000000001"))])
+    with pytest.raises(DataValidationError) as e:
+        record_outcomes(loaded, nano, source="api", now=NOW)
+    assert all(p.file == "api" for p in e.value.problems)
+    from nba.errors import StoreError
+    with pytest.raises(StoreError, match="empty"):
+        record_outcomes(TableStore(tmp_path / "nowhere" / "store"), pd.DataFrame([_row(loaded)]), now=NOW)
+    assert not (tmp_path / "nowhere").exists()

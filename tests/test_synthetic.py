@@ -41,6 +41,15 @@ def test_same_seed_same_bytes_whatever_the_number_of_processes(tmp_path):
     assert _digest(a) != _digest(c)
 
 
+def test_refuses_a_file_as_output(tmp_path):
+    f = tmp_path / "bank.csv"
+    f.write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is a file"):
+            generate(50, seed=1, as_of=AS_OF, out=f, workers=1, overwrite=overwrite)
+    assert f.read_text() == "keep me"
+
+
 def test_refuses_to_overwrite_unless_asked(tmp_path):
     out = tmp_path / "bank"
     generate(50, seed=1, as_of=AS_OF, out=out, workers=1)
