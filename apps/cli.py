@@ -497,7 +497,7 @@ def _demo_retrieval(home: Home) -> None:
 
 
 def _demo_rm_list(home: Home, day) -> None:
-    from serving.daily import read_day
+    from serving.daily import read_day, rm_files
 
     d = read_day(home, day)
     listed = d[~d.control_group]
@@ -509,7 +509,7 @@ def _demo_rm_list(home: Home, day) -> None:
         t.add_row(r.customer_id, r.action_id + (" (RM review)" if r.rm_review else ""), r.channel,
                   f"{r.priority:,.1f}", r.talking_points.replace(" || ", "\n"))
     out.print(t)
-    out.print(f"printable list: {home.daily / str(day) / 'rm' / f'{rm_id}.html'}")
+    out.print(f"printable list: {rm_files(home, day)[rm_id]}")
 
 
 def _show_states(home: Home) -> None:

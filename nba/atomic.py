@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
+import re
 import shutil
 import time
+import unicodedata
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -97,6 +100,18 @@ def write_file(path: Path, data: bytes | str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def file_stem(identifier: str, max_slug: int = 40) -> str:
+    """A file name stem for an identifier that comes from the data (an RM id, a campaign id): an ASCII
+    slug of it (letters, digits, ``_`` and ``-``; at most ``max_slug`` characters) plus ``-`` and 10 hex
+    digits of its BLAKE2b hash. Never empty, never ``.``/``..``, never a path, at most 51 characters,
+    and two different identifiers never share a stem (up to the hash). Keep the identifier -> stem
+    mapping beside the files (a manifest): the stem alone does not give the identifier back."""
+    text = unicodedata.normalize("NFKD", str(identifier)).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:max_slug] or "id"
+    digest = hashlib.blake2b(str(identifier).encode("utf-8", "surrogatepass"), digest_size=5).hexdigest()
+    return f"{slug}-{digest}"
 
 
 def builds_dir(target: Path) -> Path:

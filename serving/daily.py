@@ -6,8 +6,9 @@ calibrated product propensities and churn). Earlier days' own decision files cou
 and cooldowns until their outcomes come back through the store (matched on ``decision_id``).
 
 Output, under ``$NBA_HOME/daily/<D>/``: ``decisions.parquet`` (one row per client given an action, the
-control group included), ``rm/<rm_id>.csv`` and a printable ``rm/<rm_id>.html`` per RM, and
-``manifest.json``. A run writes aside and then atomically repoints the link ``daily/<D>`` to its
+control group included), ``rm/<stem>.csv`` (UTF-8 with a byte-order mark, for Excel) and a printable
+``rm/<stem>.html`` per RM, and ``manifest.json``, whose ``rm_files`` maps each RM id to its file stem
+(:func:`nba.atomic.file_stem`: a slug plus a hash; an id from the data never chooses a path). A run writes aside and then atomically repoints the link ``daily/<D>`` to its
 folder, under a per-date lock (:func:`nba.atomic.publish_dir`): a killed run leaves the previous
 complete output; the same inputs give the same decisions (idempotent).
 
@@ -33,7 +34,7 @@ from bundle import Bundle, registry
 from feature_store.materialize import features_at
 from feature_store.outcomes import decision_outcomes
 from feature_store.store import StoreVersion, TableStore
-from nba.atomic import Busy, lock, lock_path, publish_dir
+from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
 from nba.catalog import Catalog, load_catalog
 from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
 from nba.errors import NBAError, StoreError
@@ -212,12 +213,17 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
             os.kill(os.getpid(), 9)
         rm_dir = run / "rm"
         rm_dir.mkdir()
+        files = {}
         for rm_id, g in listed.groupby("rm_id", sort=True):
+            # An RM id comes from the bank's data: it never chooses a path (slug + hash, mapped in the
+            # manifest). The CSV carries a byte-order mark so that Excel reads UTF-8 in any locale.
+            stem = files[str(rm_id)] = file_stem(str(rm_id))
             g = g.sort_values(["in_person", "priority"], ascending=[False, False], kind="stable")
-            g[list(RM_COLUMNS)].to_csv(rm_dir / f"{rm_id}.csv", index=False)
-            (rm_dir / f"{rm_id}.html").write_text(rm_html(rm_id, day, g, meta.get("model", "")))
+            g[list(RM_COLUMNS)].to_csv(rm_dir / f"{stem}.csv", index=False, encoding="utf-8-sig")
+            (rm_dir / f"{stem}.html").write_text(rm_html(str(rm_id), day, g, meta.get("model", "")), encoding="utf-8")
         (run / "manifest.json").write_text(json.dumps({**meta, "date": str(day), "rows": len(table),
                                                        "listed": len(listed), "rms": int(listed.rm_id.nunique()),
+                                                       "rm_files": files,
                                                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                                                       indent=2, default=str))
         if _kill_at == "before_switch":
@@ -228,6 +234,16 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
     except Busy:  # reached only when write() is called without run_daily's lock
         raise DailyError(f"another daily run for {day} is in progress "
                          f"(lock {lock_path(home.daily / day.isoformat())})") from None
+
+
+def rm_files(home: Home, day: date) -> dict[str, Path]:
+    """The printable list of each RM for ``day``: RM id -> path of its HTML page."""
+    folder = home.daily / day.isoformat()
+    try:
+        stems = json.loads((folder / "manifest.json").read_text())["rm_files"]
+    except (FileNotFoundError, KeyError):
+        raise StoreError(f"no daily lists for {day} under {home.daily} (run `nba daily --date {day}`)") from None
+    return {rm_id: folder / "rm" / f"{stem}.html" for rm_id, stem in stems.items()}
 
 
 def read_day(home: Home, day: date) -> pd.DataFrame:

@@ -9,8 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nba.atomic import Busy, builds_dir, lock, lock_path, publish_dir, write_file
+from nba.atomic import (
+    Busy,
+    builds_dir,
+    file_stem,
+    lock,
+    lock_path,
+    publish_dir,
+    write_file,
+)
 from nba.errors import NBAError
 
 
@@ -135,3 +145,17 @@ def test_a_reentrant_lock_is_one_lock_whatever_the_spelling_of_its_path(tmp_path
     with lock(Path("home") / ".day.lock", reentrant=True):  # relative, as a Home built by hand gives it
         publish_dir(tmp_path / "home" / "day", _fill("one"))  # absolute inside publish_dir
     assert (tmp_path / "home" / "day" / "a.txt").read_text() == "one"
+
+
+@given(st.text(max_size=300))
+def test_file_stems_are_safe_names(identifier):
+    import re
+
+    stem = file_stem(identifier)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}-[0-9a-f]{10}", stem) and not stem.startswith(("-", "."))
+
+
+def test_file_stems_tell_ids_apart_and_stay_readable():
+    ids = ["RM01", "rm01", "RM/01", "RM 01", "RM_01", "R\u00e9my", "Re\u0301my", "", " "]
+    stems = [file_stem(i) for i in ids]
+    assert len(set(stems)) == len(ids) and stems[0].startswith("RM01-") and file_stem("RM01") == stems[0]

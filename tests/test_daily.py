@@ -16,7 +16,7 @@ from feature_store.store import TableStore
 from nba.atomic import builds_dir
 from nba.decision import DECISION_COLUMNS
 from nba.home import Home
-from serving.daily import read_day, run_daily
+from serving.daily import read_day, rm_files, run_daily, write
 from tests.conftest import AS_OF, trained_home
 
 DAY = AS_OF
@@ -50,15 +50,45 @@ def test_lists_are_written_within_capacity(home, first):
     assert 0 < d.control_group.mean() < 0.12
     assert (d.talking_points.str.split(r" \|\| ").map(len).between(1, 3)).all() and (d.reasons.str.len() > 0).all()
     folder = home.daily / str(DAY)
+    pages = rm_files(home, DAY)
+    assert set(pages) == set(listed.rm_id)
     for rm_id, g in listed.groupby("rm_id"):
-        csv = pd.read_csv(folder / "rm" / f"{rm_id}.csv")
+        csv_path = pages[rm_id].with_suffix(".csv")
+        assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf"), "a byte-order mark for Excel"
+        csv = pd.read_csv(csv_path, encoding="utf-8-sig")
         assert set(csv.customer_id) == set(g.customer_id)
-        page = (folder / "rm" / f"{rm_id}.html").read_text()
+        page = pages[rm_id].read_text()
         assert f"Next best actions for {rm_id}" in page and g.customer_id.iloc[0] in page
     assert not set(d[d.control_group].customer_id) & set(pd.concat(
         pd.read_csv(p) for p in (folder / "rm").glob("*.csv")).customer_id)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["rows"] == len(d) and manifest["model"] == "nba/1"
+
+
+HOSTILE_RM_IDS = ["../../../../escaped", "EU/RM01", "<b>x</b>", "..", ".", "", " ", "RM\n01", "a\\b", "CON",
+                  "经理" * 200, "-rf", "~root", "$HOME", "RM01", "rm01", "R\u00e9my", "Re\u0301my"]
+
+
+def test_ids_from_the_data_never_choose_a_path(home, first, tmp_path):
+    """Hostile RM ids: every file lands in the day's rm/ folder under a slug-and-hash name, one per RM,
+    nothing is written outside NBA_HOME, and the manifest maps each id to its files."""
+    d = first.decisions.copy()
+    rms = sorted(d.rm_id.unique())[:len(HOSTILE_RM_IDS)]
+    d["rm_id"] = d["rm_id"].map(dict(zip(rms, HOSTILE_RM_IDS))).fillna(d["rm_id"])
+    outside = {p for p in home.root.parent.rglob("*")} - {p for p in home.root.rglob("*")}
+    day = DAY + timedelta(days=200)
+    write(home, day, d, {"model": "nba/1"})
+    assert {p for p in home.root.parent.rglob("*")} - {p for p in home.root.rglob("*")} == outside
+    pages = rm_files(home, day)
+    listed = set(d[~d.control_group].rm_id)
+    assert set(pages) == listed and len(set(pages.values())) == len(listed)
+    folder = (home.daily / str(day) / "rm").resolve()
+    for rm_id, page in pages.items():
+        assert page.resolve().parent == folder and len(page.name) <= 60
+        assert "Next best actions for" in page.read_text()
+        assert set(pd.read_csv(page.with_suffix(".csv"), encoding="utf-8-sig", keep_default_na=False).customer_id) \
+            == set(d[(d.rm_id == rm_id) & ~d.control_group].customer_id)
+    assert len(list(folder.iterdir())) == 2 * len(listed)
 
 
 def test_rerun_is_idempotent_and_switches_atomically(home, first):
