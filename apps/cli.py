@@ -168,6 +168,9 @@ def features_materialize(
         "--config", help="YAML with a 'state:' section (default: configs/features.yaml if present).")] = None,
     online: Annotated[str | None, typer.Option(
         "--online", help="Online store URL (default: $NBA_ONLINE_STORE, else SQLite in NBA_HOME).")] = None,
+    publish: Annotated[bool | None, typer.Option(
+        "--publish/--no-publish", help="Publish to the online store (default: only when as_of is not older "
+        "than the date online, so a backfill never sends serving back in time).", show_default=False)] = None,
 ) -> None:
     """Compute features and customer state at as_of, write them (Parquet) and fill the online store."""
     from feature_store.materialize import materialize, state_config
@@ -175,10 +178,12 @@ def features_materialize(
     home = state.home.ensure()
     with err.status("materializing") as status:
         result = materialize(home, _parse_date(as_of, "--as-of"), online_url=online,
-                             state=state_config(config), progress=lambda m: status.update(m))
+                             state=state_config(config), progress=lambda m: status.update(m), publish=publish)
+    online_note = (f"online version {result.online_version} is live" if result.published else
+                   f"online store not changed: it serves {result.online_version or 'nothing'} "
+                   f"(--publish to serve {result.as_of})")
     out.print(f"features at {result.as_of} for {result.rows:,} customers from store {result.store_version}: "
-              f"{result.path}; online version {result.online_version} is live "
-              f"({', '.join(f'{k} {v}' for k, v in result.seconds.items())})")
+              f"{result.path}; {online_note} ({', '.join(f'{k} {v}' for k, v in result.seconds.items())})")
 
 
 @features_app.command("get")
@@ -390,6 +395,9 @@ def daily(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Score with Ray Data on this cluster ('local' for a local Ray; default: "
         "$RAY_ADDRESS, else in-process).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Decide even when the store's data is older than data_freshness.max_days "
+        "(configs/bank.yaml).")] = False,
 ) -> None:
     """Decide every client's next best action for a day and write the RMs' lists under daily/<date>/."""
     from feature_store.materialize import default_as_of
@@ -398,7 +406,7 @@ def daily(
 
     home = state.home.ensure()
     d = _parse_date(day, "--date") or default_as_of(TableStore(home.store).require_current())
-    res = run_daily(home, d, model=model_version, catalog_path=catalog, ray_address=ray_address,
+    res = run_daily(home, d, model=model_version, catalog_path=catalog, ray_address=ray_address, force=force,
                     log=lambda m: out.print(m, highlight=False, markup=False))
     s = res.summary()
     t = RichTable("family", "listed", title=f"decisions for {d}")
@@ -472,7 +480,7 @@ def demo(
     index_build(model_version="champion", config=None)
     _demo_retrieval(home)
     out.rule(f"[bold]7. next best actions for {latest}: every client decided, RM lists written")
-    daily(day=latest.isoformat(), model_version="champion", catalog=None, ray_address=None)
+    daily(day=latest.isoformat(), model_version="champion", catalog=None, ray_address=None, force=False)
     _demo_rm_list(home, latest)
     out.print(f"[green]demo complete[/green]: everything lives in {home.root}; MLflow UI: "
               f"mlflow ui --backend-store-uri sqlite:///{home.mlflow_db}")

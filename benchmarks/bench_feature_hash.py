@@ -28,7 +28,8 @@ from nba.home import Home
 home, day = Home.resolve(sys.argv[1]), date.fromisoformat(sys.argv[2])
 version = TableStore(home.store).require_current()
 stored = fm.read_features(home, day)
-computed = compute_features(version, day, fm.state_config() if hasattr(fm, "state_config") else None)
+computed = (compute_features(version, day, fm.state_config(), fm.time_zone()) if hasattr(fm, "time_zone")
+            else compute_features(version, day))
 computed = fm._as_stored(computed) if hasattr(fm, "_as_stored") else computed  # what features_at returns
 cols = [c for c in stored.columns if not stored[c].equals(computed[c])]
 share = float((feature_hashes(stored) != feature_hashes(computed)).mean())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Literal
+from zoneinfo import ZoneInfo
 
 import duckdb
 import numpy as np
@@ -33,6 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from nba import schema
+from nba.bank import load_bank_config
 from nba.errors import DataValidationError, Problem
 from nba.schema import Column, DType, Table
 
@@ -196,6 +198,10 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
 _INT_RE = r"^[+-]?\d+(\.0*)?$"  # "6.0" is an integer (pandas writes nullable ints so); "6.5" is not
 _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
+# ISO 8601 only: a full date, optionally a time to the minute or finer, optionally Z or an offset.
+# (pandas' ISO8601 parser alone also takes "2025", "2025-07" and "2025/07/31 23:40:02".)
+_TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+                 r"(Z|[+-]\d{2}(:?\d{2})?)?$")
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -213,12 +219,25 @@ def _convert(arr: pa.ChunkedArray, col: Column) -> tuple[pa.Array, np.ndarray]:
         return _parse_strings(arr.cast(pa.string()), col)
     if pa.types.is_dictionary(t):
         return _convert(arr.dictionary_decode(), col)
-    if pa.types.is_null(t):
+    if pa.types.is_null(t) or arr.null_count == len(arr):
+        # All missing: pandas writes an empty optional column as double, Spark as int32; any type holds
+        # "no value" losslessly.
         return pa.nulls(len(arr), col.dtype.arrow), none
+    if getattr(pa.types, "is_string_view", lambda _t: False)(t):
+        return _parse_strings(arr.cast(pa.string()), col)
 
     target = col.dtype
     if target is DType.STRING and (pa.types.is_integer(t)):
         return pc.cast(arr, pa.string()), none
+    if target is DType.BOOL and pa.types.is_integer(t):
+        # 0/1 integers (Spark, DuckDB and SQL exports): lossless; other numbers are not booleans.
+        bad = np.flatnonzero(pc.and_(pc.is_valid(arr), pc.invert(pc.is_in(arr, pa.array([0, 1], t))))
+                             .to_numpy(zero_copy_only=False))
+        return pc.if_else(pc.is_in(arr, pa.array([0, 1], t)), pc.equal(arr, pa.scalar(1, t)),
+                          pa.scalar(None, pa.bool_())), bad
+    if target is DType.INT and pa.types.is_decimal(t):
+        vals = pc.cast(arr, pa.float64())
+        return _convert(vals, col)
     if target is DType.INT:
         if pa.types.is_integer(t):
             return pc.cast(arr, pa.int64()), none
@@ -246,7 +265,14 @@ def _convert(arr: pa.ChunkedArray, col: Column) -> tuple[pa.Array, np.ndarray]:
             return pc.cast(naive, pa.date32()), bad
     if target is DType.TIMESTAMP:
         if pa.types.is_timestamp(t):
-            return pc.cast(_to_naive_utc(arr), pa.timestamp("us")), none
+            naive = _to_naive_utc(arr)
+            if t.unit == "ns":  # the store keeps microseconds: finer instants would be changed, so rejected
+                ns = pc.cast(naive, pa.int64())
+                lossy = pc.fill_null(pc.not_equal(pc.subtract(ns, pc.multiply(pc.divide(ns, 1000), 1000)), 0), False)
+                bad = np.flatnonzero(lossy.to_numpy(zero_copy_only=False))
+                naive = pc.if_else(lossy, pa.scalar(None, naive.type), naive)
+                return pc.cast(naive, pa.timestamp("us")), bad
+            return pc.cast(naive, pa.timestamp("us"), safe=False), none
         if pa.types.is_date(t):
             return pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), none
     raise _TypeMismatch(f"column has type {t}, expected {col.expected()}")
@@ -278,6 +304,8 @@ def _parse_strings(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
         ok = None
 
     if target is DType.TIMESTAMP:
+        iso = pc.fill_null(pc.match_substring_regex(s, _TIMESTAMP_RE), False)
+        s = pc.if_else(iso, s, pa.scalar(None, pa.string()))
         parsed = pd.to_datetime(s.to_pandas(), format="ISO8601", utc=True, errors="coerce")
         out = pa.array(parsed.dt.tz_convert(None).astype("datetime64[us]"), type=pa.timestamp("us"))
         bad = pc.and_(present, pc.is_null(out))
@@ -388,12 +416,16 @@ def _check_values(arr: pa.Array, col: Column, unparsed: np.ndarray, now: datetim
         if len(rows):
             bad("range", rows, lambda i: f"{arr[i].as_py()} is out of range (expected {col.expected()})")
     if col.not_in_future:
-        limit = pa.scalar(now.date(), pa.date32()) if col.dtype is DType.DATE else pa.scalar(now, pa.timestamp("us"))
+        # ``now`` is the bank's local time: a date is in the future after the bank's today, a timestamp
+        # after this instant (stored as UTC).
+        limit = (pa.scalar(now.date(), pa.date32()) if col.dtype is DType.DATE else
+                 pa.scalar(now.astimezone(timezone.utc).replace(tzinfo=None), pa.timestamp("us")))
         late = pc.fill_null(pc.greater(arr, limit), False).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(late)
         if len(rows):
             bad("future", rows,
-                lambda i: f"{arr[i].as_py()} lies in the future (ingest clock {now.isoformat(timespec='seconds')} UTC)")
+                lambda i: f"{arr[i].as_py()} lies in the future (ingest clock {now.isoformat(timespec='seconds')}, "
+                          f"bank time zone {now.tzinfo})")
 
 
 def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) -> bool:
@@ -483,18 +515,23 @@ def _fmt_key(key: dict) -> str:
 
 def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetime | None = None,
            progress: Callable[[str], None] | None = None, source: str | None = None,
-           wait: float = 0) -> StoreVersion:
+           wait: float = 0, time_zone: str | None = None) -> StoreVersion:
     """Validate ``src`` and commit it as a new store version; raise ``DataValidationError`` otherwise.
 
     ``mode="replace"``: each table given replaces the stored one; tables not given are carried over.
     ``mode="append"``: rows given are added to the stored tables (keys must stay unique).
     On any problem nothing is committed and the live version is unchanged. ``source`` describes the
     input in the version's manifest (default: the folder and mode); ``wait`` is how many seconds to
-    wait for another writer (0: fail at once with ``StoreError``).
+    wait for another writer (0: fail at once with ``StoreError``). ``time_zone`` (default: the bank's,
+    ``configs/bank.yaml``) decides what "in the future" means for date columns.
     """
     if mode not in ("replace", "append"):
         raise ValueError(f"mode must be 'replace' or 'append', not {mode!r}")
-    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(tzinfo=None)
+    # The bank's clock: "today" for date columns is the bank's today (configs/bank.yaml). A naive ``now``
+    # is UTC.
+    now = now or datetime.now(timezone.utc)
+    now = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(
+        ZoneInfo(time_zone or load_bank_config().time_zone))
     src = Path(src)
     report = _Report()
     files, layout = discover(src)

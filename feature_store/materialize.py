@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nba.atomic import publish_dir
+from nba.bank import load_bank_config
 from nba.config import load_yaml
 from nba.errors import StoreError
 from nba.home import Home
@@ -35,7 +36,7 @@ from .offline import compute_features, data_end, label_frame
 from .online import OnlineStore, open_online_store
 from .store import StoreVersion, TableStore
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2  # 2: age in completed calendar years (int), calendar birthdays and anniversaries
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class Materialized:
     path: Path
     rows: int
     store_version: str
-    online_version: str
+    online_version: str | None  # the version the online store serves after this run
     seconds: dict
+    published: bool = True  # whether this run published online (a backfill of an older date does not)
 
 
 def _dir(home: Home, as_of: date) -> Path:
@@ -69,10 +71,15 @@ def state_config(path: Path | None = None) -> StateConfig:
     return load_yaml(StateConfig, path, section="state")
 
 
+def time_zone() -> str:
+    """The bank's time zone (``configs/bank.yaml``): day D begins at local midnight there."""
+    return load_bank_config().time_zone
+
+
 def default_as_of(version: StoreVersion) -> date:
     """The one rule for "today" when no date is given (materialize, train, daily): the first day after
-    the store's latest event, so that every feature window is complete."""
-    return data_end(version)
+    the store's latest event (in the bank's time zone), so that every feature window is complete."""
+    return data_end(version, time_zone())
 
 
 def _as_stored(df: pd.DataFrame) -> pd.DataFrame:
@@ -86,6 +93,7 @@ def _fresh(home: Home, as_of: date, version: StoreVersion, state: StateConfig) -
         return False
     m = manifest(home, as_of)
     return (m.get("feature_schema_version") == FEATURE_SCHEMA_VERSION
+            and m.get("time_zone", "UTC") == time_zone()
             and m.get("store_content_hash") == version.content_hash
             and m.get("state_config") == json.loads(json.dumps(state.model_dump())))
 
@@ -99,14 +107,15 @@ def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
     the materialized features when they were built from this store version with this state config, and
     otherwise computes them point-in-time; both give identical frames (same rounding, same dtypes), so
     a decision's ``feature_hash`` can be reproduced from the features of its date.
-    ``version`` defaults to the live store version, ``state`` to :func:`state_config`.
+    ``version`` defaults to the live store version, ``state`` to :func:`state_config`; day ``as_of``
+    begins at midnight in the bank's time zone (:func:`time_zone`).
     Raises ``StoreError`` when the store is empty.
     """
     version = version or TableStore(home.store).require_current()
     state = state or state_config()
     if _fresh(home, as_of, version, state):
         return read_features(home, as_of)
-    return _as_stored(compute_features(version, as_of, state))
+    return _as_stored(compute_features(version, as_of, state, time_zone()))
 
 
 def documents(df: pd.DataFrame, chunk: int = 50_000):
@@ -123,10 +132,24 @@ def documents(df: pd.DataFrame, chunk: int = 50_000):
                for cid, r in zip(part["customer_id"].tolist(), rows)]
 
 
+def _live_as_of(live: dict | None) -> date | None:
+    try:
+        return date.fromisoformat(str(live["version"]).split("@", 1)[0]) if live else None
+    except (KeyError, ValueError):
+        return None
+
+
 def materialize(home: Home, as_of: date | None = None, *, online_url: str | None = None,
-                state: StateConfig | None = None, progress: Callable[[str], None] | None = None) -> Materialized:
+                state: StateConfig | None = None, progress: Callable[[str], None] | None = None,
+                publish: bool | None = None) -> Materialized:
     """Compute features at ``as_of`` (default: :func:`default_as_of`), write them offline and publish
-    them online. ``state`` defaults to :func:`state_config`."""
+    them online. ``state`` defaults to :func:`state_config`.
+
+    The online store serves the newest as_of: by default (``publish=None``) a backfill of an older date
+    than the one online is written offline only, and the online store keeps serving the newer one.
+    ``publish=True`` publishes it anyway, ``False`` never. ``Materialized.online_version`` is the version
+    online afterwards and ``published`` says whether this run changed it.
+    """
     say = progress or (lambda _msg: None)
     version = TableStore(home.store).require_current()
     as_of = as_of or default_as_of(version)
@@ -134,7 +157,7 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     timings = {}
     t0 = time.perf_counter()
     say(f"computing features at {as_of} from store {version.name}")
-    table = pa.Table.from_pandas(compute_features(version, as_of, state), preserve_index=False)
+    table = pa.Table.from_pandas(compute_features(version, as_of, state, time_zone()), preserve_index=False)
     timings["compute_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
@@ -143,7 +166,7 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     manifest = {
         "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
         "store_version": version.name, "store_content_hash": version.content_hash,
-        "online_version": online_version, "state_config": state.model_dump(),
+        "online_version": online_version, "state_config": state.model_dump(), "time_zone": time_zone(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -155,15 +178,24 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     timings["offline_write_s"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    df = table.to_pandas()
     store = online_store(home, online_url)
-    say(f"publishing {len(df):,} customers to the online store ({store.url})")
     try:
-        store.publish(online_version, list(df.columns), documents(df))
+        live = store.live()
+        live_as_of = _live_as_of(live)
+        if publish is None:
+            publish = live_as_of is None or as_of >= live_as_of
+        if publish:
+            df = table.to_pandas()
+            say(f"publishing {len(df):,} customers to the online store ({store.url})")
+            store.publish(online_version, list(df.columns), documents(df))
+            serving = online_version
+        else:
+            say(f"online store keeps serving {live['version'] if live else 'nothing'} (newer than {as_of})")
+            serving = live["version"] if live else None
     finally:
         store.close()
     timings["online_publish_s"] = round(time.perf_counter() - t0, 2)
-    return Materialized(as_of, final, len(df), version.name, online_version, timings)
+    return Materialized(as_of, final, table.num_rows, version.name, serving, timings, bool(publish))
 
 
 def manifest(home: Home, as_of: date) -> dict:
@@ -202,7 +234,7 @@ def get_training_frame(as_of: date, label_window_days: int, home: Home | None = 
     if label_window_days < 1:
         raise ValueError(f"label_window_days must be >= 1, not {label_window_days}")
     version: StoreVersion = TableStore(home.store).require_current()
-    end = data_end(version)
+    end = data_end(version, time_zone())
     if as_of + timedelta(days=label_window_days) > end and not allow_partial_window:
         raise StoreError(
             f"label window {as_of} + {label_window_days} days reaches past the store's data, which ends "

@@ -8,6 +8,7 @@ The test suite plants future events and checks that the features do not move.
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 import duckdb
@@ -15,6 +16,7 @@ import pandas as pd
 
 from nba import features as F
 from nba import schema
+from nba.schema import DType
 from nba.state import StateConfig, identify
 
 from .store import StoreVersion
@@ -22,13 +24,45 @@ from .store import StoreVersion
 DUCKDB_MEMORY = "4GB"
 
 
-def connect(version: StoreVersion, memory_limit: str = DUCKDB_MEMORY) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per contract table of ``version``."""
+def connect(version: StoreVersion, memory_limit: str = DUCKDB_MEMORY,
+            time_zone: str = "UTC") -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per contract table of ``version``.
+
+    The views show timestamps as wall-clock time in the bank's ``time_zone`` (stored as UTC instants),
+    so that "before day D" (``TIMESTAMP 'D 00:00'``) and a timestamp's date are the bank's.
+    """
     con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit,
                                  "preserve_insertion_order": False})
-    for t in schema.TABLES:
-        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{version.table_glob(t)}')")
+    if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", time_zone):
+        raise ValueError(f"time zone {time_zone!r} is not an IANA name")
+    for name, tbl in schema.TABLES.items():
+        stamps = [c.name for c in tbl.columns if c.dtype is DType.TIMESTAMP]
+        local = ""
+        if stamps and time_zone != "UTC":
+            as_local = [f"timezone('{time_zone}', timezone('UTC', {c})) AS {c}" for c in stamps]
+            local = f" REPLACE ({', '.join(as_local)})"
+        con.execute(f"CREATE VIEW {name} AS SELECT *{local} FROM read_parquet('{version.table_glob(name)}')")
     return con
+
+
+def recurs_in(col: str, year: str) -> str:
+    """SQL: the day in ``year`` on which the yearly date ``col`` recurs (a birthday, an anniversary). 29 Feb
+    falls on 28 Feb in a common year, as in dateutil's ``relativedelta`` (and DuckDB's ``date_sub``)."""
+    leap = f"(({year}) % 4 = 0 AND (({year}) % 100 <> 0 OR ({year}) % 400 = 0))"
+    return (f"make_date({year}, month({col}), CASE WHEN month({col}) = 2 AND day({col}) = 29 AND NOT {leap} "
+            f"THEN 28 ELSE day({col}) END)")
+
+
+def days_to_next(col: str, d: str) -> str:
+    """SQL: days from the date ``d`` to the next recurrence of ``col`` on or after it (0: on ``d``)."""
+    this, after = recurs_in(col, f"year({d})"), recurs_in(col, f"year({d}) + 1")
+    return f"date_diff('day', {d}, CASE WHEN {this} >= {d} THEN {this} ELSE {after} END)"
+
+
+def completed_years(col: str, d: str) -> str:
+    """SQL: completed calendar years from ``col`` to ``d`` (an age: 65 on the 65th birthday, not before;
+    a 29 Feb birthday counts on 28 Feb in a common year), as ``relativedelta(d, col).years``."""
+    return f"(year({d}) - year({col}) - CASE WHEN {d} < {recurs_in(col, f'year({d})')} THEN 1 ELSE 0 END)"
 
 
 def _sql(d: date) -> dict[str, str]:
@@ -49,7 +83,7 @@ def _sql(d: date) -> dict[str, str]:
     q: dict[str, str] = {}
     q["base"] = f"""
         SELECT customer_id, {D} AS as_of, rm_id,
-               date_diff('day', birth_date, {D}) / 365.25 AS age,
+               {completed_years("birth_date", D)} AS age,
                date_diff('day', onboarded_at, {D}) AS tenure_days,
                segment, income_band,
                CASE income_band {" ".join(f"WHEN '{b}' THEN {i}" for i, b in enumerate(schema.INCOME_BANDS))}
@@ -58,17 +92,10 @@ def _sql(d: date) -> dict[str, str]:
                CASE WHEN risk_assessed_at < {D} THEN date_diff('day', risk_assessed_at, {D}) END
                    AS risk_assessment_age_days,
                vulnerable,
-               -- next birthday / anniversary on or after as_of (29 Feb counts as 28 Feb)
-               date_diff('day', {D}, CASE WHEN bd >= {D} THEN bd ELSE bd + INTERVAL 1 YEAR END)
-                   AS days_to_birthday,
-               date_diff('day', {D}, CASE WHEN an >= {D} THEN an ELSE an + INTERVAL 1 YEAR END)
-                   AS days_to_onboarding_anniversary
-        FROM (SELECT *,
-                make_date(year({D}), month(birth_date),
-                          CASE WHEN month(birth_date) = 2 AND day(birth_date) = 29 THEN 28 ELSE day(birth_date) END) AS bd,
-                make_date(year({D}), month(onboarded_at),
-                          CASE WHEN month(onboarded_at) = 2 AND day(onboarded_at) = 29 THEN 28 ELSE day(onboarded_at) END) AS an
-              FROM customers WHERE onboarded_at < {D})"""
+               -- next birthday / anniversary on or after as_of, in calendar terms (recurs_in)
+               {days_to_next("birth_date", D)} AS days_to_birthday,
+               {days_to_next("onboarded_at", D)} AS days_to_onboarding_anniversary
+        FROM customers WHERE onboarded_at < {D}"""
 
     held = f"(h.closed_at IS NULL OR h.closed_at >= {D})"
     q["products"] = f"""
@@ -210,9 +237,11 @@ _FLOAT_ZERO = [n for n, (t, _) in F.FEATURES.items()
                if t == "float" and (n.startswith("balance_") or n.startswith("total_") or n.endswith("flow_90d"))]
 
 
-def compute_features(version: StoreVersion, as_of: date, state: StateConfig | None = None) -> pd.DataFrame:
-    """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order."""
-    con = connect(version)
+def compute_features(version: StoreVersion, as_of: date, state: StateConfig | None = None,
+                     time_zone: str = "UTC") -> pd.DataFrame:
+    """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order.
+    Day ``as_of`` begins at midnight in the bank's ``time_zone`` (an IANA name)."""
+    con = connect(version, time_zone=time_zone)
     try:
         parts = {name: con.execute(sql).df() for name, sql in _sql(as_of).items()}
     finally:
@@ -238,7 +267,7 @@ def compute_features(version: StoreVersion, as_of: date, state: StateConfig | No
     return _round(df[list(F.COLUMNS)].sort_values("customer_id", ignore_index=True))
 
 
-# Money to the cent; trends, sentiment and age to 4 decimals: the one rounding of stored features, so
+# Money to the cent; trends and sentiment to 4 decimals: the one rounding of stored features, so
 # that features computed now and features materialized earlier are the same numbers.
 _MONEY = [n for n, (t, _) in F.FEATURES.items()
           if t == "float" and (n.startswith("balance_") and "trend" not in n
@@ -247,7 +276,7 @@ _MONEY = [n for n, (t, _) in F.FEATURES.items()
 
 def _round(df: pd.DataFrame) -> pd.DataFrame:
     df[_MONEY] = df[_MONEY].round(2)
-    trends = [c for c in df.columns if "trend" in c or c.startswith("sentiment") or c == "age"]
+    trends = [c for c in df.columns if "trend" in c or c.startswith("sentiment")]
     df[trends] = df[trends].round(4)
     return df
 
@@ -299,9 +328,10 @@ def label_frame(version: StoreVersion, as_of: date, window_days: int) -> pd.Data
         con.close()
 
 
-def data_end(version: StoreVersion) -> date:
-    """The first day after the latest event in the store (the extraction's horizon)."""
-    con = connect(version)
+def data_end(version: StoreVersion, time_zone: str = "UTC") -> date:
+    """The first day after the latest event in the store (the extraction's horizon), in the bank's
+    ``time_zone``."""
+    con = connect(version, time_zone=time_zone)
     try:
         latest = con.execute("""
             SELECT greatest(

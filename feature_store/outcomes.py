@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nba.bank import day_start, load_bank_config
 from nba.errors import DataValidationError, Problem
 
 from .ingest import ingest
@@ -69,24 +70,30 @@ def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "out
             raise DataValidationError([Problem(source, f"values the contract cannot hold: {e}")]) from None
 
 
-def decision_outcomes(version: StoreVersion, start: date, end: date, known_before: date | None = None) -> pd.DataFrame:
-    """One row per decision made in ``[start, end)`` that has an outcome: its latest outcome, except
+def decision_outcomes(version: StoreVersion, start: date, end: date, known_before: date | None = None,
+                      time_zone: str | None = None) -> pd.DataFrame:
+    """One row per decision made in days ``[start, end)`` that has an outcome: its latest outcome, except
     that a decline wins (declines drive the cooldowns). With ``known_before``, only outcome events
-    before that day count (point in time: a re-run of a past day sees what was known then).
+    before that day count (point in time: a re-run of a past day sees what was known then). Days begin
+    at midnight in the bank's ``time_zone`` (default: ``configs/bank.yaml``).
 
-    Columns: decision_id, customer_id, action_id, action_family, decided_at, outcome, outcome_at.
+    Columns: decision_id, customer_id, action_id, action_family, decided_at, outcome, outcome_at (UTC
+    instants), decided_date, outcome_date (the bank's calendar dates).
     """
     cols = ["decision_id", "customer_id", "action_id", "action_family", "decided_at", "outcome", "outcome_at"]
     if TABLE not in version.tables:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=cols + ["decided_date", "outcome_date"])
+    zone = time_zone or load_bank_config().time_zone
     o = version.read(TABLE, columns=cols).to_pandas()
-    keep = (o["decided_at"] >= pd.Timestamp(start)) & (o["decided_at"] < pd.Timestamp(end))
+    keep = (o["decided_at"] >= day_start(start, zone)) & (o["decided_at"] < day_start(end, zone))
     if known_before is not None:
-        keep &= o["outcome_at"] < pd.Timestamp(known_before)
+        keep &= o["outcome_at"] < day_start(known_before, zone)
     o = o[keep]
     o = (o.assign(_declined=o["outcome"] == "declined").sort_values(["_declined", "outcome_at"], kind="stable")
-         .drop_duplicates("decision_id", keep="last"))
-    return o[cols].reset_index(drop=True)
+         .drop_duplicates("decision_id", keep="last"))[cols].reset_index(drop=True)
+    for c in ("decided", "outcome"):
+        o[f"{c}_date"] = o[f"{c}_at"].dt.tz_localize("UTC").dt.tz_convert(zone).dt.date
+    return o
 
 
 __all__ = ["record_outcomes", "decision_outcomes", "TABLE"]

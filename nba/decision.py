@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -432,7 +432,7 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
     actions = [catalog.actions[j] for j in a_idx]
     channels = np.array(CHANNELS, dtype=object)[c_idx]
     cohort = _cohort_shares(feats, catalog)
-    reasons, points = explain(f, actions, P, detail["churn"], catalog, cohort, review)
+    reasons, points = explain(f, actions, P, detail["churn"], catalog, cohort, review, day)
     out = pd.DataFrame({
         "date": day.isoformat(),
         "rm_id": f["rm_id"].astype(str).to_numpy(),
@@ -484,8 +484,9 @@ def _pct(x: float) -> str:
 
 
 def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
-            cohort: pd.DataFrame, review: np.ndarray) -> tuple[list[str], list[str]]:
-    """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision, from the evidence."""
+            cohort: pd.DataFrame, review: np.ndarray, day: date) -> tuple[list[str], list[str]]:
+    """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision on ``day``, from the
+    evidence."""
     prods = catalog.products
     reasons, points = [], []
     age = _f(f, "age", 0)
@@ -534,9 +535,9 @@ def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, ca
             t = c.trigger
             if t == "birthday":
                 codes.append("birthday")
-                d = int(r["days_to_birthday"])
-                tp.append("Birthday today" if d == 0 else f"Birthday in {d} day{'s' if d != 1 else ''} "
-                          f"(turns {int(age[i]) + 1})")
+                d = int(r["days_to_birthday"])  # age is in completed years: it went up today when d == 0
+                tp.append(f"Birthday today (turns {int(age[i])})" if d == 0 else
+                          f"Birthday in {d} day{'s' if d != 1 else ''} (turns {int(age[i]) + 1})")
             elif t == "silence":
                 codes.append("silence")
                 since = r.get("days_since_last_outbound")
@@ -557,7 +558,9 @@ def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, ca
                 tp.append(f"Term deposit matures in {int(r['days_to_td_maturity'])} days: discuss reinvestment")
             elif t == "anniversary":
                 codes.append("anniversary")
-                years = int(round(float(r["tenure_days"]) / 365.25 + 0.5))
+                # Calendar years at the coming anniversary: its year minus the onboarding year.
+                onboarded = day - timedelta(days=int(r["tenure_days"]))
+                years = (day + timedelta(days=int(r["days_to_onboarding_anniversary"]))).year - onboarded.year
                 tp.append(f"{years} year{'s' if years != 1 else ''} with the bank in "
                           f"{int(r['days_to_onboarding_anniversary'])} days")
             else:

@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from bundle import Bundle, registry
-from feature_store.materialize import features_at
+from feature_store.materialize import default_as_of, features_at
 from feature_store.outcomes import decision_outcomes
 from feature_store.store import StoreVersion, TableStore
 from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
+from nba.bank import load_bank_config
 from nba.catalog import Catalog, load_catalog
 from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
 from nba.errors import NBAError, StoreError
@@ -77,8 +78,8 @@ def history(home: Home, version: StoreVersion, day: date) -> pd.DataFrame:
     if len(rows):
         frames.append(pd.DataFrame({
             "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
-            "decided": rows["decided_at"].dt.date, "outcome": rows["outcome"],
-            "outcome_date": rows["outcome_at"].dt.date, "control_group": False}))
+            "decided": rows["decided_date"], "outcome": rows["outcome"],
+            "outcome_date": rows["outcome_date"], "control_group": False}))
     seen = set(rows["decision_id"])
     for d in range(1, HISTORY_DAYS + 1):
         past = day - timedelta(days=d)
@@ -144,11 +145,13 @@ def _options_with_ray(feats, catalog, inputs, day, hist, address: str) -> pd.Dat
 
 
 def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, catalog_path: Path | None = None,
-              ray_address: str | None = None, log=lambda m: None, _kill_at: str | None = None) -> DailyResult:
+              ray_address: str | None = None, log=lambda m: None, force: bool = False,
+              _kill_at: str | None = None) -> DailyResult:
     """Score every client for ``day``, assign actions to RMs and write the day's lists atomically.
 
     The day's lock is held for the whole run: a second run for the same day fails at once with
-    ``DailyError`` instead of doing all its work and then finding the day locked.
+    ``DailyError`` instead of doing all its work and then finding the day locked. Data older than
+    ``data_freshness`` in configs/bank.yaml gives a warning, or ``DailyError`` unless ``force``.
     """
     target = home.daily / day.isoformat()
     with ExitStack() as held:
@@ -156,14 +159,31 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
             held.enter_context(lock(lock_path(target), 0, f"the daily lists of {day}", reentrant=True))
         except Busy:
             raise DailyError(f"another daily run for {day} is in progress (lock {lock_path(target)})") from None
-        return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at)
+        return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at, force)
+
+
+def _staleness(version: StoreVersion, day: date, force: bool, log) -> int:
+    """Days between the store's last data and ``day``; a warning past ``data_freshness.warn_days`` and
+    ``DailyError`` past ``max_days`` unless ``force`` (configs/bank.yaml)."""
+    fresh = load_bank_config().data_freshness
+    gap = (day - default_as_of(version)).days
+    last = default_as_of(version) - timedelta(days=1)
+    if gap > fresh.max_days and not force:
+        raise DailyError(f"the store's data ends {last}, {gap + 1} days before {day} (more than "
+                         f"data_freshness.max_days {fresh.max_days} in configs/bank.yaml): load newer data, "
+                         f"or pass --force to decide on stale data")
+    if gap > fresh.warn_days:
+        log(f"warning: the store's data ends {last}, {gap + 1} days before {day}: features such as days "
+            f"since the last contact are counted up to {day} and may be out of date")
+    return max(gap, 0)
 
 
 def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
-               log, _kill_at: str | None) -> DailyResult:
+               log, _kill_at: str | None, force: bool = False) -> DailyResult:
     seconds = {}
     t = time.perf_counter()
     version = TableStore(home.store).require_current()
+    stale = _staleness(version, day, force, log)
     products = version.read("products").to_pandas()
     catalog = load_catalog(products, catalog_path)
     rms = version.read("relationship_managers").to_pandas()
@@ -190,7 +210,7 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     seconds["decide"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    path = write(home, day, decisions, {"model": label, "store_version": version.name, "catalog": str(catalog_path or
+    path = write(home, day, decisions, {"model": label, "store_version": version.name, "data_stale_days": stale, "catalog": str(catalog_path or
                  "configs/actions.yaml"), "clients": len(feats), "ray_address": address}, _kill_at=_kill_at)
     seconds["write"] = time.perf_counter() - t
     res = DailyResult(day, path, decisions, seconds, int(mv.version))

@@ -161,6 +161,19 @@ def test_feature_hashes_are_reproducible_from_the_features_of_the_date(home, fir
     assert a.reset_index().equals(b.reset_index())
 
 
+def test_stale_data_warns_and_is_refused_past_the_limit_unless_forced(home, first):
+    from serving.daily import DailyError
+
+    late = DAY + timedelta(days=45)  # the store's data ends the day before DAY
+    with pytest.raises(DailyError, match="data_freshness.max_days"):
+        run_daily(home, late)
+    said = []
+    res = run_daily(home, DAY + timedelta(days=10), log=said.append)
+    assert any(m.startswith("warning: the store's data ends") for m in said)
+    assert json.loads((res.path / "manifest.json").read_text())["data_stale_days"] == 10
+    assert run_daily(home, late, force=True).decisions is not None
+
+
 def test_outcomes_close_the_loop(home, first, tmp_path):
     """An RM records a shown and a decline through the outcomes' one owner: the decision counts once, as
     declined, and the declined action is not proposed again inside its cooldown. (Last: it changes the

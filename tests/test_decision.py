@@ -74,7 +74,7 @@ def feats_frame(rows: list[dict]) -> pd.DataFrame:
 
 client = st.fixed_dictionaries({
     "rm_id": st.sampled_from(["RM1", "RM2", "RM3"]),
-    "age": st.floats(17, 95),
+    "age": st.integers(17, 95),  # completed calendar years, as the features give it
     "segment": st.sampled_from(["mass", "affluent", "private"]),
     "risk_tolerance": st.integers(1, 5),
     "risk_assessment_age_days": st.one_of(st.none(), st.integers(0, 800)),
@@ -283,8 +283,10 @@ def test_golden_protected_client_needs_rm_review_in_person():
 
 
 @pytest.mark.parametrize("row, action, codes, point", [
-    ({"birthday_in_14d": True, "days_to_birthday": 3, "age": 49.6}, "care:birthday", "birthday",
+    ({"birthday_in_14d": True, "days_to_birthday": 3, "age": 49}, "care:birthday", "birthday",
      "Birthday in 3 days (turns 50)"),
+    ({"birthday_in_14d": True, "days_to_birthday": 0, "age": 50}, "care:birthday", "birthday",
+     "Birthday today (turns 50)"),
     ({"days_since_last_outbound": 150}, "care:check_in", "silence", "No contact from the bank for 150 days"),
     ({"open_complaints": 1, "open_complaint_max_severity": 3, "complaint_state": "open"},
      "care:complaint_follow_up", "complaint_open",
@@ -302,6 +304,27 @@ def test_golden_care_contacts(row, action, codes, point):
     assert r.talking_points.split(" || ")[0] == point
     if "open_complaints" in row:
         assert set(json.loads(r.policy_trace)["complaint_first"]) >= {"offer:SAV", "offer:BOND"}
+
+
+@pytest.mark.parametrize("age, protected", [(64, False), (65, True)])
+def test_protection_starts_on_the_65th_birthday(age, protected):
+    """Age is in completed calendar years (a client born 1961-06-30 is 65 on 2026-06-30): risk-4 funds
+    and digital channels stop on that day, not a day later."""
+    out, _ = one({"age": age, "risk_tolerance": 5}, propensity={"FUND": 0.5, "BOND": 0.5})
+    r = out.iloc[0]
+    assert ("offer:FUND" in json.loads(r.policy_trace)["suitability"]) == protected
+    assert r.action_id == ("offer:BOND" if protected else "offer:FUND") and r.rm_review == protected
+
+
+def test_anniversary_years_are_calendar_years():
+    # Onboarded 2021-06-05 (tenure 1822 days on 2026-06-01): 5 years with the bank on 2026-06-05.
+    day = DAY
+    tenure = (day - date(2021, 6, 5)).days
+    out, _ = one({"anniversary_in_14d": True, "days_to_onboarding_anniversary": (date(2026, 6, 5) - day).days,
+                  "tenure_days": tenure})
+    r = out.iloc[0]
+    assert r.action_id == "care:anniversary"
+    assert r.talking_points.split(" || ")[0].startswith("5 years with the bank in ")
 
 
 def test_blocked_clients_get_nothing():

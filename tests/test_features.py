@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,8 @@ def tiny_home(tmp_path_factory) -> Home:
             {"customer_id": "C1", "channel": "email", "allowed": True, "updated_at": "2020-01-10T00:00:00"},
             {"customer_id": "C1", "channel": "email", "allowed": False, "updated_at": "2026-06-03T00:00:00"},
             {"customer_id": "C1", "channel": "marketing", "allowed": True, "updated_at": "2020-01-10T00:00:00"},
+            # 2026-06-01 04:30 UTC is 2026-05-31 23:30 in Chicago: before D there, not in UTC.
+            {"customer_id": "C1", "channel": "app", "allowed": True, "updated_at": "2026-06-01T04:30:00"},
         ],
         "action_outcomes": [
             {"decision_id": "D1", "customer_id": "C1", "action_family": "product_offer",
@@ -146,7 +148,7 @@ def test_contacts_sentiment_complaints_consents_and_care_moments(tiny):
     assert c1.declines_90d_product_offer == 1 and c1.declined_actions_90d == "offer:FUND-BOND=57"
     assert c1.days_since_last_action == 61 and c1.actions_30d == 0
     assert c1.risk_assessment_age_days == (D - date(2025, 9, 1)).days
-    assert c1.age == pytest.approx((D - date(1980, 6, 5)).days / 365.25)
+    assert c1.age == 45, "born 1980-06-05: 45 on 2026-06-01, 46 from 2026-06-05"
 
 
 def test_states_of_the_hand_built_customers(tiny):
@@ -362,3 +364,36 @@ def test_features_at_reads_or_computes_the_same_frame(tiny_home):
         fm.read_features = real_read
     pd.testing.assert_frame_equal(fresh, fm._as_stored(fm.compute_features(
         fm.TableStore(tiny_home.store).require_current(), D, other)))
+
+
+def test_the_banks_time_zone_decides_what_before_day_d_means(tiny_home):
+    """Timestamps keep their instant; day D begins at midnight in the bank's zone."""
+    version = TableStore(tiny_home.store).current()
+    utc = compute_features(version, D).set_index("customer_id")
+    chicago = compute_features(version, D, time_zone="America/Chicago").set_index("customer_id")
+    shanghai = compute_features(version, D, time_zone="Asia/Shanghai").set_index("customer_id")
+    assert not utc.loc["C1", "consent_app"] and chicago.loc["C1", "consent_app"]
+    assert not shanghai.loc["C1", "consent_app"]
+    # The days of a timestamp are the bank's: a contact at 2026-05-25 09:00 UTC is 7 days before D in
+    # every zone here, and the same features otherwise.
+    assert utc.loc["C1", "days_since_phone"] == chicago.loc["C1", "days_since_phone"] == 7
+    from feature_store.offline import connect
+    with pytest.raises(ValueError, match="not an IANA name"):
+        connect(version, time_zone="UTC'; DROP TABLE x; --")
+
+
+def test_a_backfill_does_not_send_the_online_store_back_in_time(tiny_home):
+    from feature_store.materialize import online_store
+
+    newer = materialize(tiny_home, D)
+    older = materialize(tiny_home, D - timedelta(days=30))  # a backfill: offline only
+    assert not older.published and older.online_version == newer.online_version
+    assert older.path.exists()
+    store = online_store(tiny_home)
+    try:
+        assert store.live()["version"] == f"{D}@v000001" and store.get("C1")["as_of"] == str(D)
+    finally:
+        store.close()
+    forced = materialize(tiny_home, D - timedelta(days=30), publish=True)
+    assert forced.published and forced.online_version.startswith(str(D - timedelta(days=30)))
+    assert not materialize(tiny_home, D, publish=False).published

@@ -103,6 +103,52 @@ def test_column_of_the_wrong_type_in_parquet(loaded, csv_bank, tmp_path):
     assert "type bool" in p.message and "date" in p.message
 
 
+def test_parquet_types_that_hold_the_values_losslessly_are_accepted(store, csv_bank):
+    """What pandas, Spark and DuckDB write for the same values: an all-null optional column as double,
+    booleans as 0/1 integers, dictionary-encoded text, large strings, nanosecond timestamps."""
+    df = pd.read_csv(csv_bank / "customers.csv", keep_default_na=False, dtype=str)
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    n = len(df)
+    vuln = pa.array([1 if v.lower() in ("true", "1") else 0 for v in df["vulnerable"]], pa.int8())
+    t = t.set_column(t.schema.get_field_index("vulnerable"), "vulnerable", vuln)
+    t = t.set_column(t.schema.get_field_index("segment"), "segment", pa.array(df["segment"]).dictionary_encode())
+    t = t.set_column(t.schema.get_field_index("rm_id"), "rm_id", pa.array(df["rm_id"], pa.large_string()))
+    pq.write_table(t, csv_bank / "customers.parquet")
+    (csv_bank / "customers.csv").unlink()
+    inter = pd.read_csv(csv_bank / "interactions.csv", keep_default_na=False, dtype=str)
+    ti = pa.Table.from_pandas(inter, preserve_index=False)
+    ti = ti.set_column(ti.schema.get_field_index("product_id"), "product_id", pa.nulls(len(inter), pa.float64()))
+    ts = pd.to_datetime(inter["ts"], format="ISO8601", utc=True).dt.tz_convert(None).astype("datetime64[ns]")
+    ti = ti.set_column(ti.schema.get_field_index("ts"), "ts", pa.array(ts, pa.timestamp("ns")))
+    pq.write_table(ti, csv_bank / "interactions.parquet")
+    (csv_bank / "interactions.csv").unlink()
+    v = ingest(csv_bank, store, now=NOW)
+    got = v.read("customers").to_pandas()
+    assert len(got) == n and got["vulnerable"].sum() == int(vuln.to_numpy().sum())
+    assert v.read("interactions").to_pandas()["product_id"].isna().all()
+
+
+def test_lossy_parquet_values_are_rejected(loaded, csv_bank):
+    df = pd.read_csv(csv_bank / "customers.csv", keep_default_na=False, dtype=str)
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    t = t.set_column(t.schema.get_field_index("vulnerable"), "vulnerable", pa.array([2] + [0] * (len(df) - 1)))
+    pq.write_table(t, csv_bank / "customers.parquet")
+    (csv_bank / "customers.csv").unlink()
+    p = _one(_reject(csv_bank, loaded), file="customers.parquet", column="vulnerable", row=1)
+    assert "as true/false" in p.message
+    inter = pd.read_csv(csv_bank / "interactions.csv", keep_default_na=False, dtype=str)
+    ti = pa.Table.from_pandas(inter, preserve_index=False)
+    ts = pd.to_datetime(inter["ts"], format="ISO8601", utc=True).dt.tz_convert(None).astype("datetime64[ns]")
+    ts.iloc[3] = ts.iloc[3] + pd.Timedelta(nanoseconds=1)
+    ti = ti.set_column(ti.schema.get_field_index("ts"), "ts", pa.array(ts, pa.timestamp("ns")))
+    pq.write_table(ti, csv_bank / "interactions.parquet")
+    (csv_bank / "interactions.csv").unlink()
+    (csv_bank / "customers.parquet").unlink()
+    df.to_csv(csv_bank / "customers.csv", index=False)
+    p = _one(_reject(csv_bank, loaded), file="interactions.parquet", column="ts", row=4)
+    assert "timestamp" in p.message
+
+
 @pytest.mark.parametrize("column,value,needle", [
     ("birth_date", "1980-13-01", "cannot read '1980-13-01' as a date"),
     ("birth_date", "1980-02-30", "cannot read '1980-02-30' as a date"),
@@ -116,6 +162,29 @@ def test_unparseable_value(loaded, csv_bank, column, value, needle):
     p = _one(_reject(csv_bank, loaded), file="customers.csv", column=column)
     assert needle in p.message
     assert (p.row, p.line) == (7, 8), "row 7 is the 7th data row, on line 8 after the header"
+
+
+@pytest.mark.parametrize("value", ["2025", "2025-07", "2025/07/31 23:40:02", "31/07/2025 10:00", "2025-07-31T25:00",
+                                   "July 31 2025", "2025-07-31T10", "20250731T100000"])
+def test_timestamps_must_be_iso_8601(loaded, csv_bank, value):
+    df = _csv(csv_bank, "interactions")
+    df.loc[4, "ts"] = value
+    _put(csv_bank, "interactions", df)
+    p = _one(_reject(csv_bank, loaded), file="interactions.csv", column="ts", row=5)
+    assert f"cannot read {value!r} as a timestamp" in p.message
+
+
+@pytest.mark.parametrize("value, instant", [
+    ("2025-07-31", "2025-07-31 00:00:00"), ("2025-07-31T23:40", "2025-07-31 23:40:00"),
+    ("2025-07-31 23:40:02", "2025-07-31 23:40:02"), ("2025-07-31T23:40:02.5Z", "2025-07-31 23:40:02.500000"),
+    ("2025-07-31T23:40:02+08:00", "2025-07-31 15:40:02"), ("2025-07-31T23:40:02-0500", "2025-08-01 04:40:02")])
+def test_iso_8601_timestamps_keep_their_instant(store, csv_bank, value, instant):
+    df = _csv(csv_bank, "interactions")
+    df.loc[4, "ts"] = value
+    _put(csv_bank, "interactions", df)
+    v = ingest(csv_bank, store, now=NOW)
+    got = v.read("interactions").to_pandas().set_index("interaction_id").loc[df.loc[4, "interaction_id"], "ts"]
+    assert str(got) == instant
 
 
 @pytest.mark.parametrize("table,column,value,needle", [
@@ -139,6 +208,20 @@ def test_timestamps_in_the_future(loaded, csv_bank):
     _put(csv_bank, "interactions", df)
     p = _one(_reject(csv_bank, loaded), file="interactions.csv", column="ts", row=11)
     assert "lies in the future" in p.message
+
+
+def test_the_future_is_judged_on_the_banks_clock(store, csv_bank):
+    """A Shanghai load run after local midnight (2026-06-30 17:30 UTC is 2026-07-01 01:30 there): a
+    date of Shanghai's today is not in the future; in UTC it is."""
+    from datetime import timezone
+
+    df = _csv(csv_bank, "customers")
+    df.loc[0, "risk_assessed_at"] = "2026-07-01"
+    _put(csv_bank, "customers", df)
+    now = datetime(2026, 6, 30, 17, 30, tzinfo=timezone.utc)
+    with pytest.raises(DataValidationError, match="lies in the future"):
+        ingest(csv_bank, store, now=now, time_zone="UTC")
+    assert ingest(csv_bank, store, now=now, time_zone="Asia/Shanghai").name == "v000001"
 
 
 def test_closed_before_opened(loaded, csv_bank):

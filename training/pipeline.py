@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from bundle import registry, write_bundle
-from feature_store.materialize import default_as_of, features_at
+from feature_store.materialize import default_as_of, features_at, time_zone
 from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
 from nba.errors import StoreError
@@ -189,7 +189,7 @@ def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_
 def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
              churn: np.ndarray | None, horizon_days: int, ks: list[int]) -> dict | None:
     """Temporal evaluation on the ``horizon_days`` after as_of, or None when the store lacks them."""
-    end = data_end(prepared.version)
+    end = data_end(prepared.version, time_zone())
     if prepared.as_of + timedelta(days=horizon_days) > end:
         return None
     labels = label_frame(prepared.version, prepared.as_of, horizon_days)

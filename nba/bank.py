@@ -1,0 +1,68 @@
+"""The bank's own settings that every stage shares: today its time zone (``configs/bank.yaml``).
+
+A bank works in its own zone. Timestamps are stored as instants (naive UTC in the store); what "before
+day D" means, for features, consents, declines, complaints, the daily run and the ingest's "not in the
+future" check, is decided in the bank's zone: day D starts at local midnight.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nba.config import load_yaml
+
+
+class Freshness(BaseModel):
+    """How old the store's data may be for a daily run on day D (days from the last data to D)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    warn_days: int = Field(3, ge=0, description="warn when the data ends more than this many days before D")
+    max_days: int = Field(30, ge=0, description="refuse (unless forced) past this many days")
+
+
+class BankConfig(BaseModel):
+    """``configs/bank.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    time_zone: str = Field("UTC", description="IANA time zone of the bank, e.g. Asia/Shanghai, America/Chicago")
+    data_freshness: Freshness = Freshness()
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            near = sorted(z for z in available_timezones() if v.lower().split("/")[-1] in z.lower())[:5]
+            raise ValueError(f"unknown IANA time zone {v!r}" + (f" (did you mean {', '.join(near)}?)" if near else
+                                                                 " (e.g. UTC, Europe/London, Asia/Shanghai)"))
+        return v
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
+
+@functools.lru_cache(maxsize=8)
+def load_bank_config(path: Path | None = None) -> BankConfig:
+    """``path``, else ``configs/bank.yaml``, else the defaults (UTC). Raises ``ConfigError``."""
+    return load_yaml(BankConfig, path, default_name="bank.yaml")
+
+
+def day_start(day: date, time_zone: str = "UTC") -> datetime:
+    """The instant day ``day`` begins in ``time_zone``, as a naive UTC datetime (the store's form).
+    Daylight-saving days included: local midnight is looked up in the zone's rules."""
+    local = datetime.combine(day, time(0), tzinfo=ZoneInfo(time_zone))
+    return local.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def local_date(instant: datetime, time_zone: str = "UTC") -> date:
+    """The bank's calendar date at ``instant`` (naive = UTC)."""
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=timezone.utc)
+    return instant.astimezone(ZoneInfo(time_zone)).date()
