@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bundle.registry import load_registered  # noqa: E402
-from feature_store.materialize import features_at  # noqa: E402
+from feature_store.materialize import features_at, time_zone  # noqa: E402
 from feature_store.offline import data_end, label_frame  # noqa: E402
 from feature_store.store import TableStore  # noqa: E402
 from nba.home import Home  # noqa: E402
@@ -40,8 +40,8 @@ def main() -> None:
     cal = bundle.meta.get("propensity") or {}
     horizon = int(cal.get("horizon_days", 90))
     store = TableStore(home.store).require_current()
-    if as_of + timedelta(days=horizon) > data_end(store):
-        raise SystemExit(f"model {version} (as of {as_of}) is not a backtest: the store ends {data_end(store)}")
+    if as_of + timedelta(days=horizon) > data_end(store, time_zone()):
+        raise SystemExit(f"model {version} (as of {as_of}) is not a backtest: the store ends {data_end(store, time_zone())}")
     labels = label_frame(store, as_of, horizon).set_index("customer_id").reindex(bundle.customer_ids)
     P = bundle.propensity(np.arange(len(bundle.customer_ids)))
     held = np.zeros(P.shape, bool)

@@ -200,7 +200,7 @@ _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 # ISO 8601 only: a full date, optionally a time to the minute or finer, optionally Z or an offset.
 # (pandas' ISO8601 parser alone also takes "2025", "2025-07" and "2025/07/31 23:40:02".)
-_TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
+_TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6}0{0,3})?)?)?"
                  r"(Z|[+-]\d{2}(:?\d{2})?)?$")
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -210,21 +210,22 @@ class _TypeMismatch(Exception):
     pass
 
 
-def _convert(arr: pa.ChunkedArray, col: Column) -> tuple[pa.Array, np.ndarray]:
-    """Return the column in contract type and the positions whose value could not be parsed."""
+def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
+    """Return the column in contract type and the positions whose value could not be parsed.
+    Timestamps without a time zone are the bank's local time (``zone``) and are stored as UTC."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     t = arr.type
     none = np.zeros(0, dtype=np.int64)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _parse_strings(arr.cast(pa.string()), col)
+        return _parse_strings(arr.cast(pa.string()), col, zone)
     if pa.types.is_dictionary(t):
-        return _convert(arr.dictionary_decode(), col)
+        return _convert(arr.dictionary_decode(), col, zone)
     if pa.types.is_null(t) or arr.null_count == len(arr):
         # All missing: pandas writes an empty optional column as double, Spark as int32; any type holds
         # "no value" losslessly.
         return pa.nulls(len(arr), col.dtype.arrow), none
     if getattr(pa.types, "is_string_view", lambda _t: False)(t):
-        return _parse_strings(arr.cast(pa.string()), col)
+        return _parse_strings(arr.cast(pa.string()), col, zone)
 
     target = col.dtype
     if target is DType.STRING and (pa.types.is_integer(t)):
@@ -237,7 +238,7 @@ def _convert(arr: pa.ChunkedArray, col: Column) -> tuple[pa.Array, np.ndarray]:
                           pa.scalar(None, pa.bool_())), bad
     if target is DType.INT and pa.types.is_decimal(t):
         vals = pc.cast(arr, pa.float64())
-        return _convert(vals, col)
+        return _convert(vals, col, zone)
     if target is DType.INT:
         if pa.types.is_integer(t):
             return pc.cast(arr, pa.int64()), none
@@ -259,32 +260,42 @@ def _convert(arr: pa.ChunkedArray, col: Column) -> tuple[pa.Array, np.ndarray]:
         if pa.types.is_date(t):
             return pc.cast(arr, pa.date32()), none
         if pa.types.is_timestamp(t):
-            naive = _to_naive_utc(arr)
+            # A date exported as a timestamp at midnight, in its own zone (or none): its wall clock.
+            naive = pc.local_timestamp(arr) if t.tz is not None else arr
             day = pc.cast(pc.cast(naive, pa.date32()), pa.timestamp(naive.type.unit))
             bad = np.flatnonzero(pc.fill_null(pc.not_equal(naive, day), False).to_numpy(zero_copy_only=False))
             return pc.cast(naive, pa.date32()), bad
     if target is DType.TIMESTAMP:
         if pa.types.is_timestamp(t):
-            naive = _to_naive_utc(arr)
+            naive, bad_local = _to_naive_utc(arr, zone)
             if t.unit == "ns":  # the store keeps microseconds: finer instants would be changed, so rejected
                 ns = pc.cast(naive, pa.int64())
                 lossy = pc.fill_null(pc.not_equal(pc.subtract(ns, pc.multiply(pc.divide(ns, 1000), 1000)), 0), False)
-                bad = np.flatnonzero(lossy.to_numpy(zero_copy_only=False))
+                bad = np.union1d(np.flatnonzero(lossy.to_numpy(zero_copy_only=False)), bad_local)
                 naive = pc.if_else(lossy, pa.scalar(None, naive.type), naive)
                 return pc.cast(naive, pa.timestamp("us")), bad
-            return pc.cast(naive, pa.timestamp("us"), safe=False), none
-        if pa.types.is_date(t):
-            return pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), none
+            return pc.cast(naive, pa.timestamp("us"), safe=False), bad_local
+        if pa.types.is_date(t):  # a date in a timestamp column: the bank's local midnight
+            return _to_naive_utc(pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), zone)
     raise _TypeMismatch(f"column has type {t}, expected {col.expected()}")
 
 
-def _to_naive_utc(arr: pa.Array) -> pa.Array:
-    if arr.type.tz is None:
-        return arr
-    return pc.cast(pc.cast(arr, pa.timestamp(arr.type.unit, "UTC")), pa.timestamp(arr.type.unit))
+def _to_naive_utc(arr: pa.Array, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
+    """Timestamps as naive UTC, and the rows that name no single instant. With a time zone they are
+    converted; without one they are the bank's local time in ``zone``: a local time that the zone skips
+    (clocks forward) or repeats (clocks back) is refused, as it does not say which instant it means."""
+    none = np.zeros(0, dtype=np.int64)
+    if arr.type.tz is not None:
+        return pc.cast(arr, pa.timestamp(arr.type.unit)), none
+    if zone == "UTC":
+        return arr, none
+    local = arr.to_pandas()
+    utc = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC").dt.tz_localize(None)
+    bad = np.flatnonzero(local.notna().to_numpy() & utc.isna().to_numpy())
+    return pa.array(utc, type=pa.timestamp(arr.type.unit)), bad
 
 
-def _parse_strings(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
+def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
     s = pc.utf8_trim_whitespace(arr)
     s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
     present = pc.is_valid(s)
@@ -306,8 +317,16 @@ def _parse_strings(arr: pa.Array, col: Column) -> tuple[pa.Array, np.ndarray]:
     if target is DType.TIMESTAMP:
         iso = pc.fill_null(pc.match_substring_regex(s, _TIMESTAMP_RE), False)
         s = pc.if_else(iso, s, pa.scalar(None, pa.string()))
-        parsed = pd.to_datetime(s.to_pandas(), format="ISO8601", utc=True, errors="coerce")
-        out = pa.array(parsed.dt.tz_convert(None).astype("datetime64[us]"), type=pa.timestamp("us"))
+        text = s.to_pandas()
+        offset = text.str.contains(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$", regex=True, na=False)
+        parsed = pd.to_datetime(text.where(offset), format="ISO8601", utc=True, errors="coerce")
+        local = pd.to_datetime(text.where(~offset), format="ISO8601", errors="coerce")
+        if zone != "UTC":  # no offset: the bank's local time (refused where the zone skips or repeats it)
+            local = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+        else:
+            local = local.dt.tz_localize("UTC")
+        both = parsed.where(offset, local)
+        out = pa.array(both.dt.tz_convert(None).astype("datetime64[us]"), type=pa.timestamp("us"))
         bad = pc.and_(present, pc.is_null(out))
         return out, np.flatnonzero(bad.to_numpy(zero_copy_only=False))
 
@@ -357,9 +376,13 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
             continue
         src = raw[col.name]
         try:
-            arr, unparseable = _convert(src, col)
+            arr, unparseable = _convert(src, col, getattr(now.tzinfo, "key", "UTC"))
         except _TypeMismatch as e:
             report.add(Problem(file, str(e), column=col.name), "type")
+            continue
+        except (pa.ArrowInvalid, OverflowError) as e:  # e.g. uint64 or decimal values beyond int64/float
+            report.add(Problem(file, f"values the contract cannot hold losslessly as {col.expected()}: {e}",
+                               column=col.name), "type")
             continue
         if len(unparseable):
             text = src.combine_chunks() if isinstance(src, pa.ChunkedArray) else src

@@ -145,13 +145,15 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     """Compute features at ``as_of`` (default: :func:`default_as_of`), write them offline and publish
     them online. ``state`` defaults to :func:`state_config`.
 
-    The online store serves the newest as_of: by default (``publish=None``) a backfill of an older date
-    than the one online is written offline only, and the online store keeps serving the newer one.
+    The online store serves the newest as_of: by default (``publish=None``) a run for the current day
+    (no ``as_of`` given) publishes, and a backfill of a date older than the one online is written offline
+    only, so the online store keeps serving the newer one.
     ``publish=True`` publishes it anyway, ``False`` never. ``Materialized.online_version`` is the version
     online afterwards and ``published`` says whether this run changed it.
     """
     say = progress or (lambda _msg: None)
     version = TableStore(home.store).require_current()
+    asked = as_of is not None
     as_of = as_of or default_as_of(version)
     state = state or state_config()
     timings = {}
@@ -160,13 +162,23 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     table = pa.Table.from_pandas(compute_features(version, as_of, state, time_zone()), preserve_index=False)
     timings["compute_s"] = round(time.perf_counter() - t0, 2)
 
+    store = online_store(home, online_url)
+    try:
+        live = store.live()
+    finally:
+        store.close()
+    live_as_of = _live_as_of(live)
+    if publish is None:  # the current day (no date asked for) always; an asked-for date only if not older
+        publish = not asked or live_as_of is None or as_of >= live_as_of
+
     t0 = time.perf_counter()
     say("writing offline Parquet")
     online_version = f"{as_of.isoformat()}@{version.name}"
     manifest = {
         "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
         "store_version": version.name, "store_content_hash": version.content_hash,
-        "online_version": online_version, "state_config": state.model_dump(), "time_zone": time_zone(),
+        "online_version": online_version if publish else None, "published": bool(publish),
+        "state_config": state.model_dump(), "time_zone": time_zone(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -180,10 +192,6 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     t0 = time.perf_counter()
     store = online_store(home, online_url)
     try:
-        live = store.live()
-        live_as_of = _live_as_of(live)
-        if publish is None:
-            publish = live_as_of is None or as_of >= live_as_of
         if publish:
             df = table.to_pandas()
             say(f"publishing {len(df):,} customers to the online store ({store.url})")

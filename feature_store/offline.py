@@ -16,7 +16,7 @@ import pandas as pd
 
 from nba import features as F
 from nba import schema
-from nba.schema import DType
+from nba.bank import day_start
 from nba.state import StateConfig, identify
 
 from .store import StoreVersion
@@ -24,25 +24,33 @@ from .store import StoreVersion
 DUCKDB_MEMORY = "4GB"
 
 
-def connect(version: StoreVersion, memory_limit: str = DUCKDB_MEMORY,
-            time_zone: str = "UTC") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with one view per contract table of ``version``.
-
-    The views show timestamps as wall-clock time in the bank's ``time_zone`` (stored as UTC instants),
-    so that "before day D" (``TIMESTAMP 'D 00:00'``) and a timestamp's date are the bank's.
-    """
+def connect(version: StoreVersion, memory_limit: str = DUCKDB_MEMORY) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with one view per contract table of ``version`` (timestamps as stored: UTC
+    instants)."""
     con = duckdb.connect(config={"threads": 2, "memory_limit": memory_limit,
                                  "preserve_insertion_order": False})
+    for t in schema.TABLES:
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{version.table_glob(t)}')")
+    return con
+
+
+def _zone(time_zone: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_+\-/]+", time_zone):
         raise ValueError(f"time zone {time_zone!r} is not an IANA name")
-    for name, tbl in schema.TABLES.items():
-        stamps = [c.name for c in tbl.columns if c.dtype is DType.TIMESTAMP]
-        local = ""
-        if stamps and time_zone != "UTC":
-            as_local = [f"timezone('{time_zone}', timezone('UTC', {c})) AS {c}" for c in stamps]
-            local = f" REPLACE ({', '.join(as_local)})"
-        con.execute(f"CREATE VIEW {name} AS SELECT *{local} FROM read_parquet('{version.table_glob(name)}')")
-    return con
+    return time_zone
+
+
+def local_date(expr: str, time_zone: str = "UTC") -> str:
+    """SQL: the bank's calendar date of the UTC instant ``expr`` (a timestamp expression)."""
+    if _zone(time_zone) == "UTC":
+        return f"CAST({expr} AS DATE)"
+    return f"CAST(timezone('{time_zone}', timezone('UTC', {expr})) AS DATE)"
+
+
+def instant(day: date, time_zone: str = "UTC") -> str:
+    """SQL: the UTC instant at which ``day`` begins in the bank's zone (from Python's zoneinfo, so that
+    features, the outcome history and the ingest agree on it)."""
+    return f"TIMESTAMP '{day_start(day, _zone(time_zone)).isoformat(sep=' ')}'"
 
 
 def recurs_in(col: str, year: str) -> str:
@@ -65,13 +73,13 @@ def completed_years(col: str, d: str) -> str:
     return f"(year({d}) - year({col}) - CASE WHEN {d} < {recurs_in(col, f'year({d})')} THEN 1 ELSE 0 END)"
 
 
-def _sql(d: date) -> dict[str, str]:
+def _sql(d: date, time_zone: str = "UTC") -> dict[str, str]:
     """One query per feature group, each keyed by customer_id, all filtered before ``d``."""
     D = f"DATE '{d.isoformat()}'"
-    T = f"TIMESTAMP '{d.isoformat()} 00:00:00'"
+    T = instant(d, time_zone)  # day D begins at midnight in the bank's zone; timestamps are UTC instants
 
     def days_since(expr: str) -> str:
-        return f"date_diff('day', CAST({expr} AS DATE), {D})"
+        return f"date_diff('day', {local_date(expr, time_zone)}, {D})"
 
     cats = schema.PRODUCT_CATEGORIES
     assets = ", ".join(f"'{c}'" for c in F.ASSET_CATEGORIES)
@@ -120,7 +128,7 @@ def _sql(d: date) -> dict[str, str]:
         return f"{D} - INTERVAL {offset} DAY" if offset else D
 
     def ts_at(offset: int) -> str:
-        return f"{T} - INTERVAL {offset} DAY" if offset else T
+        return instant(d - timedelta(days=offset), time_zone)
 
     q["balances"] = f"""
         WITH pair AS (
@@ -154,25 +162,25 @@ def _sql(d: date) -> dict[str, str]:
 
     q["transactions"] = f"""
         SELECT customer_id,
-               count(*) FILTER (WHERE ts >= {T} - INTERVAL 30 DAY) AS txn_30d,
-               count(*) FILTER (WHERE ts >= {T} - INTERVAL 90 DAY) AS txn_90d,
+               count(*) FILTER (WHERE ts >= {ts_at(30)}) AS txn_30d,
+               count(*) FILTER (WHERE ts >= {ts_at(90)}) AS txn_90d,
                {days_since('max(ts)')} AS days_since_last_txn,
-               coalesce(sum(amount) FILTER (WHERE amount > 0 AND ts >= {T} - INTERVAL 90 DAY), 0) AS inflow_90d,
-               coalesce(-sum(amount) FILTER (WHERE amount < 0 AND ts >= {T} - INTERVAL 90 DAY), 0) AS outflow_90d
+               coalesce(sum(amount) FILTER (WHERE amount > 0 AND ts >= {ts_at(90)}), 0) AS inflow_90d,
+               coalesce(-sum(amount) FILTER (WHERE amount < 0 AND ts >= {ts_at(90)}), 0) AS outflow_90d
         FROM transactions WHERE ts < {T}
         GROUP BY customer_id"""
 
-    last90 = f"ts >= {T} - INTERVAL 90 DAY"
+    last90 = f"ts >= {ts_at(90)}"
     q["interactions"] = f"""
         SELECT customer_id,
                {", ".join(f"count(*) FILTER (WHERE channel = '{ch}' AND {last90}) AS interactions_90d_{ch}" for ch in schema.CHANNELS)},
                {", ".join(f"{days_since('max(ts) FILTER (WHERE channel = ' + repr(ch) + ')')} AS days_since_{ch}" for ch in schema.CHANNELS)},
                count(*) FILTER (WHERE direction = 'inbound' AND {last90}) AS inbound_90d,
                count(*) FILTER (WHERE direction = 'outbound' AND {last90}) AS outbound_90d,
-               count(*) FILTER (WHERE direction = 'outbound' AND ts >= {T} - INTERVAL 30 DAY) AS outbound_30d,
+               count(*) FILTER (WHERE direction = 'outbound' AND ts >= {ts_at(30)}) AS outbound_30d,
                {days_since("max(ts) FILTER (WHERE direction = 'outbound')")} AS days_since_last_outbound,
                {days_since('max(ts)')} AS days_since_last_contact,
-               count(*) FILTER (WHERE outcome = 'escalated' AND ts >= {T} - INTERVAL 30 DAY) AS escalations_30d
+               count(*) FILTER (WHERE outcome = 'escalated' AND ts >= {ts_at(30)}) AS escalations_30d
         FROM interactions WHERE ts < {T}
         GROUP BY customer_id"""
 
@@ -181,7 +189,7 @@ def _sql(d: date) -> dict[str, str]:
             SELECT customer_id, sentiment,
                    row_number() OVER (PARTITION BY customer_id ORDER BY ts DESC, interaction_id DESC) AS rn
             FROM interactions
-            WHERE ts < {T} AND ts >= {T} - INTERVAL 730 DAY AND sentiment IS NOT NULL
+            WHERE ts < {T} AND ts >= {ts_at(730)} AND sentiment IS NOT NULL
             QUALIFY rn <= 10)
         SELECT customer_id,
                avg(sentiment) FILTER (WHERE rn <= 5) AS sentiment_last5,
@@ -197,26 +205,27 @@ def _sql(d: date) -> dict[str, str]:
                coalesce(max(CASE severity WHEN 'low' THEN 1 WHEN 'medium' THEN 2 WHEN 'high' THEN 3 END)
                         FILTER (WHERE {is_open}), 0) AS open_complaint_max_severity,
                {days_since(f"max(resolved_at) FILTER (WHERE resolved_at < {T})")} AS days_since_resolved_complaint,
-               count(*) FILTER (WHERE opened_at >= {T} - INTERVAL 365 DAY) AS complaints_365d
+               count(*) FILTER (WHERE opened_at >= {ts_at(365)}) AS complaints_365d
         FROM complaints WHERE opened_at < {T}
         GROUP BY customer_id"""
 
     q["consents"] = f"""
         WITH latest AS (
             SELECT customer_id, channel, allowed FROM consents WHERE updated_at < {T}
-            QUALIFY row_number() OVER (PARTITION BY customer_id, channel ORDER BY updated_at DESC) = 1)
+            -- the latest record wins; at the same instant a withdrawal wins (the conservative reading)
+            QUALIFY row_number() OVER (PARTITION BY customer_id, channel ORDER BY updated_at DESC, allowed) = 1)
         SELECT customer_id,
                {", ".join(f"coalesce(bool_or(allowed) FILTER (WHERE channel = '{s}'), false) AS consent_{s}" for s in schema.CONSENT_SCOPES)}
         FROM latest GROUP BY customer_id"""
 
-    declined = f"outcome = 'declined' AND outcome_at < {T} AND outcome_at >= {T} - INTERVAL 90 DAY"
+    declined = f"outcome = 'declined' AND outcome_at < {T} AND outcome_at >= {ts_at(90)}"
     q["actions"] = f"""
         WITH last_decline AS (
             SELECT customer_id, action_id, {days_since('max(outcome_at)')} AS ago
             FROM action_outcomes WHERE {declined} GROUP BY ALL)
         SELECT a.customer_id,
                {", ".join(f"count(*) FILTER (WHERE {declined} AND action_family = '{f}') AS declines_90d_{f}" for f in schema.ACTION_FAMILIES)},
-               count(DISTINCT decision_id) FILTER (WHERE decided_at >= {T} - INTERVAL 30 DAY) AS actions_30d,
+               count(DISTINCT decision_id) FILTER (WHERE decided_at >= {ts_at(30)}) AS actions_30d,
                {days_since('max(decided_at)')} AS days_since_last_action,
                any_value(d.declined) AS declined_actions_90d
         FROM action_outcomes a
@@ -241,9 +250,9 @@ def compute_features(version: StoreVersion, as_of: date, state: StateConfig | No
                      time_zone: str = "UTC") -> pd.DataFrame:
     """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order.
     Day ``as_of`` begins at midnight in the bank's ``time_zone`` (an IANA name)."""
-    con = connect(version, time_zone=time_zone)
+    con = connect(version)
     try:
-        parts = {name: con.execute(sql).df() for name, sql in _sql(as_of).items()}
+        parts = {name: con.execute(sql).df() for name, sql in _sql(as_of, time_zone).items()}
     finally:
         con.close()
     df = parts.pop("base")
@@ -331,13 +340,14 @@ def label_frame(version: StoreVersion, as_of: date, window_days: int) -> pd.Data
 def data_end(version: StoreVersion, time_zone: str = "UTC") -> date:
     """The first day after the latest event in the store (the extraction's horizon), in the bank's
     ``time_zone``."""
-    con = connect(version, time_zone=time_zone)
+    con = connect(version)
+    local = lambda expr: local_date(expr, time_zone)  # noqa: E731
     try:
-        latest = con.execute("""
+        latest = con.execute(f"""
             SELECT greatest(
-                (SELECT max(ts) FROM interactions)::DATE, (SELECT max(ts) FROM transactions)::DATE,
+                {local("(SELECT max(ts) FROM interactions)")}, {local("(SELECT max(ts) FROM transactions)")},
                 (SELECT max(opened_at) FROM holdings), (SELECT max(closed_at) FROM holdings),
-                (SELECT max(outcome_at) FROM action_outcomes)::DATE)""").fetchone()[0]
+                {local("(SELECT max(outcome_at) FROM action_outcomes)")})""").fetchone()[0]
     finally:
         con.close()
     return (latest or date.min) + timedelta(days=1)

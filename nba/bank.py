@@ -18,7 +18,8 @@ from nba.config import load_yaml
 
 
 class Freshness(BaseModel):
-    """How old the store's data may be for a daily run on day D (days from the last data to D)."""
+    """How old the store's data may be for a daily run on day D: days from the last day with data to D
+    (data that ends the day before D is 1 day old)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     warn_days: int = Field(3, ge=0, description="warn when the data ends more than this many days before D")
@@ -36,6 +37,10 @@ class BankConfig(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         try:
+            # Region names only: "posix/...", "right/..." and "localtime" are files of the system's zone
+            # database that DuckDB's (ICU) does not know.
+            if v.startswith(("posix/", "right/")) or v in ("localtime", "posixrules", "Factory"):
+                raise ValueError(v)
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             near = sorted(z for z in available_timezones() if v.lower().split("/")[-1] in z.lower())[:5]

@@ -11,6 +11,7 @@ Action ids: ``offer:<product_id>`` (variants: their own id), ``care:<name>``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -112,10 +113,13 @@ class CareContact(_Strict):
             if not self.dates:
                 raise ValueError("trigger 'holiday' needs dates (MM-DD)")
             for d in self.dates:
+                # Exactly MM-DD, a day that exists in a leap year (the engine compares "%m-%d" strings).
                 try:
-                    pd.Timestamp(f"2024-{d}")
+                    ok = len(d) == 5 and d[2] == "-" and date(2024, int(d[:2]), int(d[3:])).strftime("%m-%d") == d
                 except ValueError:
-                    raise ValueError(f"holiday date {d!r} is not MM-DD") from None
+                    ok = False
+                if not ok:
+                    raise ValueError(f"holiday date {d!r} is not MM-DD (e.g. 12-25)")
         return self
 
 

@@ -95,7 +95,8 @@ class Column:
             DType.FLOAT: "a number",
             DType.BOOL: "true/false (also 1/0, yes/no)",
             DType.DATE: "a date YYYY-MM-DD",
-            DType.TIMESTAMP: "a timestamp YYYY-MM-DD[THH:MM:SS[+HH:MM]]",
+            DType.TIMESTAMP: ("an ISO 8601 timestamp YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|+HH:MM] (without an offset, "
+                              "the bank's local time, which must exist once in its zone)"),
         }[self.dtype]
         if self.min is not None and self.max is not None:
             text += f" in [{_fmt(self.min)}, {_fmt(self.max)}]"

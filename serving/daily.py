@@ -162,20 +162,25 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
         return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at, force)
 
 
-def _staleness(version: StoreVersion, day: date, force: bool, log) -> int:
-    """Days between the store's last data and ``day``; a warning past ``data_freshness.warn_days`` and
-    ``DailyError`` past ``max_days`` unless ``force`` (configs/bank.yaml)."""
+def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
+    """Days from the store's last data to ``day``; a warning past ``data_freshness.warn_days`` and
+    ``DailyError`` past ``max_days`` unless ``force`` (configs/bank.yaml). Returns what the day's manifest
+    records: ``data_ends``, ``data_age_days``, ``data_warning``, ``forced``."""
     fresh = load_bank_config().data_freshness
-    gap = (day - default_as_of(version)).days
-    last = default_as_of(version) - timedelta(days=1)
-    if gap > fresh.max_days and not force:
-        raise DailyError(f"the store's data ends {last}, {gap + 1} days before {day} (more than "
-                         f"data_freshness.max_days {fresh.max_days} in configs/bank.yaml): load newer data, "
-                         f"or pass --force to decide on stale data")
-    if gap > fresh.warn_days:
-        log(f"warning: the store's data ends {last}, {gap + 1} days before {day}: features such as days "
-            f"since the last contact are counted up to {day} and may be out of date")
-    return max(gap, 0)
+    last = default_as_of(version) - timedelta(days=1)  # the last day with data
+    age = (day - last).days
+    out = {"data_ends": str(last), "data_age_days": age, "data_warning": None, "forced": False}
+    if age > fresh.max_days:
+        if not force:
+            raise DailyError(f"the store's data ends {last}, {age} days before {day} (more than "
+                             f"data_freshness.max_days {fresh.max_days} in configs/bank.yaml): load newer data, "
+                             f"or pass --force to decide on stale data")
+        out["forced"] = True
+    if age > fresh.warn_days:
+        out["data_warning"] = (f"the store's data ends {last}, {age} days before {day}: features such as days "
+                               f"since the last contact are counted up to {day} and may be out of date")
+        log("warning: " + out["data_warning"])
+    return out
 
 
 def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
@@ -197,6 +202,9 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     inputs = model_inputs(bundle, feats, catalog, label)
     hist = history(home, version, day)
     seconds["load"] = time.perf_counter() - t
+    if bundle.meta.get("as_of") and day < date.fromisoformat(str(bundle.meta["as_of"])):
+        log(f"warning: deciding for {day} with model {label}, trained on the graph at {bundle.meta['as_of']}: "
+            f"it has seen what happened after {day}")
     log(f"{len(feats):,} clients at {day}; model {label} (as of {bundle.meta.get('as_of')}); "
         f"{len(catalog.actions)} actions; {len(hist):,} decisions in the last {HISTORY_DAYS} days")
 
@@ -210,7 +218,7 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     seconds["decide"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    path = write(home, day, decisions, {"model": label, "store_version": version.name, "data_stale_days": stale, "catalog": str(catalog_path or
+    path = write(home, day, decisions, {"model": label, "store_version": version.name, **stale, "catalog": str(catalog_path or
                  "configs/actions.yaml"), "clients": len(feats), "ray_address": address}, _kill_at=_kill_at)
     seconds["write"] = time.perf_counter() - t
     res = DailyResult(day, path, decisions, seconds, int(mv.version))
@@ -239,7 +247,7 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
             # manifest). The CSV carries a byte-order mark so that Excel reads UTF-8 in any locale.
             stem = files[str(rm_id)] = file_stem(str(rm_id))
             g = g.sort_values(["in_person", "priority"], ascending=[False, False], kind="stable")
-            g[list(RM_COLUMNS)].to_csv(rm_dir / f"{stem}.csv", index=False, encoding="utf-8-sig")
+            _excel_safe(g[list(RM_COLUMNS)]).to_csv(rm_dir / f"{stem}.csv", index=False, encoding="utf-8-sig")
             (rm_dir / f"{stem}.html").write_text(rm_html(str(rm_id), day, g, meta.get("model", "")), encoding="utf-8")
         (run / "manifest.json").write_text(json.dumps({**meta, "date": str(day), "rows": len(table),
                                                        "listed": len(listed), "rms": int(listed.rm_id.nunique()),
@@ -254,6 +262,23 @@ def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: 
     except Busy:  # reached only when write() is called without run_daily's lock
         raise DailyError(f"another daily run for {day} is in progress "
                          f"(lock {lock_path(home.daily / day.isoformat())})") from None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _excel_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first)
+    get a leading apostrophe, as OWASP's CSV-injection guidance says: the RM files are opened in Excel,
+    and ids and names come from the bank's data."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+            text = out[c].astype("string")
+            risky = text.str.startswith(_FORMULA_START).fillna(False).astype(bool)
+            if risky.any():
+                out[c] = text.where(~risky, "'" + text)
+    return out
 
 
 def rm_files(home: Home, day: date) -> dict[str, Path]:

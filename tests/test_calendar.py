@@ -54,3 +54,19 @@ def test_worked_cases():
     assert _sql(date(2008, 2, 29), date(2027, 3, 2)) == (19, 364), "next is 29 Feb 2028"
     assert _sql(date(2008, 2, 29), date(2028, 2, 29)) == (20, 0)
     assert _sql(date(1990, 1, 1), date(2026, 12, 31)) == (36, 1), "across the new year"
+
+
+def test_bank_time_zones_are_region_names():
+    import pytest
+    from pydantic import ValidationError
+
+    from nba.bank import BankConfig, day_start
+
+    assert BankConfig(time_zone="Asia/Kathmandu").time_zone == "Asia/Kathmandu"
+    for bad in ("Asia/Shangai", "posix/Asia/Shanghai", "right/UTC", "localtime", "UTC'; --"):
+        with pytest.raises(ValidationError, match="unknown IANA time zone"):
+            BankConfig(time_zone=bad)
+    # Local midnight as an instant, daylight-saving days included.
+    assert str(day_start(date(2026, 3, 8), "America/New_York")) == "2026-03-08 05:00:00"  # EST until 02:00
+    assert str(day_start(date(2026, 3, 9), "America/New_York")) == "2026-03-09 04:00:00"  # EDT
+    assert str(day_start(date(2026, 6, 30), "Asia/Kathmandu")) == "2026-06-29 18:15:00"

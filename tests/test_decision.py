@@ -383,3 +383,18 @@ def test_catalog_errors_name_the_field(tmp_path):
     bad.write_text(bad.read_text().replace("max_contacts_per_30d: 0", "max_contacts_per_30d: 2, surprise: 1"))
     with pytest.raises(ConfigError, match="surprise"):
         load_catalog(products_table(), bad)
+
+
+@pytest.mark.parametrize("dates, ok", [(["12-25"], True), (["02-29"], True), (["1-5"], False), (["12/20"], False),
+                                       (["12"], False), (["02-30"], False), (["13-01"], False)])
+def test_holiday_dates_are_exactly_mm_dd(dates, ok):
+    from pydantic import ValidationError
+
+    from nba.catalog import CareContact
+
+    spec = {"trigger": "holiday", "dates": dates, "base_rate": 0.1, "value": 1.0, "channels": ["email"]}
+    if ok:
+        assert CareContact(**spec).dates == dates
+    else:
+        with pytest.raises(ValidationError, match="is not MM-DD"):
+            CareContact(**spec)

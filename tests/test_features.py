@@ -89,6 +89,9 @@ def tiny_home(tmp_path_factory) -> Home:
             {"customer_id": "C1", "channel": "marketing", "allowed": True, "updated_at": "2020-01-10T00:00:00"},
             # 2026-06-01 04:30 UTC is 2026-05-31 23:30 in Chicago: before D there, not in UTC.
             {"customer_id": "C1", "channel": "app", "allowed": True, "updated_at": "2026-06-01T04:30:00"},
+            # New York's clocks go back on 2025-11-02: 01:50 EDT (05:50Z) comes before 01:10 EST (06:10Z).
+            {"customer_id": "C1", "channel": "phone", "allowed": True, "updated_at": "2025-11-02T05:50:00"},
+            {"customer_id": "C1", "channel": "phone", "allowed": False, "updated_at": "2025-11-02T06:10:00"},
         ],
         "action_outcomes": [
             {"decision_id": "D1", "customer_id": "C1", "action_family": "product_offer",
@@ -377,9 +380,12 @@ def test_the_banks_time_zone_decides_what_before_day_d_means(tiny_home):
     # The days of a timestamp are the bank's: a contact at 2026-05-25 09:00 UTC is 7 days before D in
     # every zone here, and the same features otherwise.
     assert utc.loc["C1", "days_since_phone"] == chicago.loc["C1", "days_since_phone"] == 7
-    from feature_store.offline import connect
+    # The latest record is the latest instant, also in the hour that repeats when clocks go back.
+    ny = compute_features(version, date(2025, 11, 3), time_zone="America/New_York").set_index("customer_id")
+    assert not ny.loc["C1", "consent_phone"], "the opt-out at 06:10Z is later than the opt-in at 05:50Z"
+    from feature_store.offline import local_date
     with pytest.raises(ValueError, match="not an IANA name"):
-        connect(version, time_zone="UTC'; DROP TABLE x; --")
+        local_date("ts", time_zone="UTC'; DROP TABLE x; --")
 
 
 def test_a_backfill_does_not_send_the_online_store_back_in_time(tiny_home):
@@ -397,3 +403,8 @@ def test_a_backfill_does_not_send_the_online_store_back_in_time(tiny_home):
     forced = materialize(tiny_home, D - timedelta(days=30), publish=True)
     assert forced.published and forced.online_version.startswith(str(D - timedelta(days=30)))
     assert not materialize(tiny_home, D, publish=False).published
+    # A date asked for by mistake (past the data) must not freeze the nightly refresh: the current day
+    # (no date given) always publishes.
+    materialize(tiny_home, date(2026, 12, 15))
+    current = materialize(tiny_home)
+    assert current.published and not current.online_version.startswith("2026-12-15")

@@ -171,7 +171,7 @@ def test_timestamps_must_be_iso_8601(loaded, csv_bank, value):
     df.loc[4, "ts"] = value
     _put(csv_bank, "interactions", df)
     p = _one(_reject(csv_bank, loaded), file="interactions.csv", column="ts", row=5)
-    assert f"cannot read {value!r} as a timestamp" in p.message
+    assert f"cannot read {value!r} as an ISO 8601 timestamp" in p.message
 
 
 @pytest.mark.parametrize("value, instant", [
@@ -222,6 +222,30 @@ def test_the_future_is_judged_on_the_banks_clock(store, csv_bank):
     with pytest.raises(DataValidationError, match="lies in the future"):
         ingest(csv_bank, store, now=now, time_zone="UTC")
     assert ingest(csv_bank, store, now=now, time_zone="Asia/Shanghai").name == "v000001"
+
+
+def test_timestamps_without_an_offset_are_the_banks_local_time(store, csv_bank):
+    """A Chicago export written in local time: stored as the instant it names; a local time the zone
+    repeats (clocks back) or skips (clocks forward) names no single instant and is refused."""
+    # The generated bank's timestamps are UTC: say so, as an export from a UTC system would.
+    tx = _csv(csv_bank, "transactions")
+    tx["ts"] = tx["ts"] + "Z"
+    _put(csv_bank, "transactions", tx)
+    df = _csv(csv_bank, "interactions")
+    df["ts"] = df["ts"] + "Z"
+    ids = df["interaction_id"].iloc[:3].tolist()
+    df.loc[0, "ts"] = "2026-05-29 23:30"       # CDT, UTC-5
+    df.loc[1, "ts"] = "2026-01-15T08:00:00"    # CST, UTC-6
+    df.loc[2, "ts"] = "2026-05-29T23:30:00Z"   # an explicit instant stays as it is
+    _put(csv_bank, "interactions", df)
+    v = ingest(csv_bank, store, now=NOW, time_zone="America/Chicago")
+    got = v.read("interactions").to_pandas().set_index("interaction_id").loc[ids, "ts"].astype(str).tolist()
+    assert got == ["2026-05-30 04:30:00", "2026-01-15 14:00:00", "2026-05-29 23:30:00"]
+    for value in ("2025-11-02 01:30", "2026-03-08 02:30"):  # repeated, skipped
+        df.loc[0, "ts"] = value
+        _put(csv_bank, "interactions", df)
+        with pytest.raises(DataValidationError, match="must exist once in its zone"):
+            ingest(csv_bank, store, now=NOW, time_zone="America/Chicago")
 
 
 def test_closed_before_opened(loaded, csv_bank):

@@ -17,7 +17,7 @@ in the graph for the heads and for later models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from bundle.encoder import FeatureEncoder
-from feature_store.offline import connect
+from feature_store.offline import connect, instant
 from feature_store.store import StoreVersion
 from nba import schema
 
@@ -100,15 +100,16 @@ class BankGraph:
 
 
 def build_graph(version: StoreVersion, features: pd.DataFrame, as_of: date,
-                encoder: FeatureEncoder | None = None) -> BankGraph:
-    """Build the graph of the customers in ``features`` (the feature frame at ``as_of``)."""
+                encoder: FeatureEncoder | None = None, time_zone: str = "UTC") -> BankGraph:
+    """Build the graph of the customers in ``features`` (the feature frame at ``as_of``). Day ``as_of``
+    begins at midnight in the bank's ``time_zone``, as for the features."""
     features = features.sort_values("customer_id", ignore_index=True)
     con = connect(version)
     try:
         products = con.execute("SELECT * FROM products ORDER BY product_id").df()
         D = f"DATE '{as_of.isoformat()}'"
-        T = f"TIMESTAMP '{as_of.isoformat()} 00:00:00'"
-        year = f"{T} - INTERVAL 365 DAY"
+        T = instant(as_of, time_zone)
+        year = instant(as_of - timedelta(days=365), time_zone)
         queries = {
             "holds": f"SELECT DISTINCT customer_id, product_id FROM holdings WHERE opened_at < {D} "
                      f"AND (closed_at IS NULL OR closed_at >= {D})",

@@ -80,7 +80,7 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     feats = features_at(home, as_of, version)
     if feats.empty:
         raise StoreError(f"no customers onboarded before {as_of}: nothing to train on")
-    graph = build_graph(version, feats, as_of)
+    graph = build_graph(version, feats, as_of, time_zone=time_zone())
     weights = {"asked_about": cfg.data.enquiry_weight}
     data = graph.interactions(weights, valid_share=cfg.data.valid_share, seed=cfg.data.valid_seed)
     full = graph.interactions(weights)
