@@ -169,8 +169,9 @@ def features_materialize(
     online: Annotated[str | None, typer.Option(
         "--online", help="Online store URL (default: $NBA_ONLINE_STORE, else SQLite in NBA_HOME).")] = None,
     publish: Annotated[bool | None, typer.Option(
-        "--publish/--no-publish", help="Publish to the online store (default: only when as_of is not older "
-        "than the date online, so a backfill never sends serving back in time).", show_default=False)] = None,
+        "--publish/--no-publish", help="Publish to the online store (default: yes without --as-of; with "
+        "--as-of only when it is not older than the date online, so a backfill never sends serving back in "
+        "time).", show_default=False)] = None,
 ) -> None:
     """Compute features and customer state at as_of, write them (Parquet) and fill the online store."""
     from feature_store.materialize import materialize, state_config

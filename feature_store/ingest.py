@@ -32,10 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from nba import schema
-from nba.bank import load_bank_config
-from nba.errors import DataValidationError, Problem
+from nba.bank import BankConfig, load_bank_config
+from nba.errors import ConfigError, DataValidationError, Problem
 from nba.schema import Column, DType, Table
 
 from .store import StoreVersion, TableStore
@@ -200,8 +201,9 @@ _FLOAT_RE = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 # ISO 8601 only: a full date, optionally a time to the minute or finer, optionally Z or an offset.
 # (pandas' ISO8601 parser alone also takes "2025", "2025-07" and "2025/07/31 23:40:02".)
-_TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6}0{0,3})?)?)?"
-                 r"(Z|[+-]\d{2}(:?\d{2})?)?$")
+_TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6}0{0,3})?)?"
+                 r"(Z|[+-]\d{2}(:?\d{2})?)?)?$")  # an offset only after a time
+_OFFSET_RE = r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -237,8 +239,7 @@ def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.A
         return pc.if_else(pc.is_in(arr, pa.array([0, 1], t)), pc.equal(arr, pa.scalar(1, t)),
                           pa.scalar(None, pa.bool_())), bad
     if target is DType.INT and pa.types.is_decimal(t):
-        vals = pc.cast(arr, pa.float64())
-        return _convert(vals, col, zone)
+        return pc.cast(arr, pa.int64()), none  # safe: a fraction or an overflow is reported
     if target is DType.INT:
         if pa.types.is_integer(t):
             return pc.cast(arr, pa.int64()), none
@@ -274,10 +275,19 @@ def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.A
                 bad = np.union1d(np.flatnonzero(lossy.to_numpy(zero_copy_only=False)), bad_local)
                 naive = pc.if_else(lossy, pa.scalar(None, naive.type), naive)
                 return pc.cast(naive, pa.timestamp("us")), bad
-            return pc.cast(naive, pa.timestamp("us"), safe=False), bad_local
+            return pc.cast(naive, pa.timestamp("us")), bad_local  # safe: an overflow is reported
         if pa.types.is_date(t):  # a date in a timestamp column: the bank's local midnight
             return _to_naive_utc(pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), zone)
     raise _TypeMismatch(f"column has type {t}, expected {col.expected()}")
+
+
+def _show(arr: pa.Array, i: int, quote: bool = True) -> str:
+    """A value for an error message, also one Python cannot hold (a year past 9999)."""
+    try:
+        v = arr[i].as_py()
+        return repr(v) if quote else str(v)
+    except (OverflowError, ValueError):
+        return f"{arr[i]} ({arr.type})"
 
 
 def _to_naive_utc(arr: pa.Array, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
@@ -318,7 +328,7 @@ def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC") -> tuple[pa.Ar
         iso = pc.fill_null(pc.match_substring_regex(s, _TIMESTAMP_RE), False)
         s = pc.if_else(iso, s, pa.scalar(None, pa.string()))
         text = s.to_pandas()
-        offset = text.str.contains(r"(?:Z|[+-]\d{2}(?::?\d{2})?)$", regex=True, na=False)
+        offset = text.str.contains(_OFFSET_RE, regex=True, na=False)  # "2026-01-15" ends in "-15": no offset
         parsed = pd.to_datetime(text.where(offset), format="ISO8601", utc=True, errors="coerce")
         local = pd.to_datetime(text.where(~offset), format="ISO8601", errors="coerce")
         if zone != "UTC":  # no offset: the bank's local time (refused where the zone skips or repeats it)
@@ -380,14 +390,16 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
         except _TypeMismatch as e:
             report.add(Problem(file, str(e), column=col.name), "type")
             continue
-        except (pa.ArrowInvalid, OverflowError) as e:  # e.g. uint64 or decimal values beyond int64/float
+        except (pa.ArrowInvalid, OverflowError, NotImplementedError, ValueError) as e:
+            # e.g. uint64 or decimal values beyond int64, a fraction in an integer decimal, a timestamp
+            # past the years a calendar library can localize
             report.add(Problem(file, f"values the contract cannot hold losslessly as {col.expected()}: {e}",
                                column=col.name), "type")
             continue
         if len(unparseable):
             text = src.combine_chunks() if isinstance(src, pa.ChunkedArray) else src
             bad_rows(col.name, "parse", unparseable,
-                     lambda i: f"cannot read {text[i].as_py()!r} as {col.expected()}")
+                     lambda i: f"cannot read {_show(text, i)} as {col.expected()}")
         unparsed = np.zeros(n, bool)
         unparsed[unparseable] = True
         _check_values(arr, col, unparsed, now, lambda check, rows, msg: bad_rows(col.name, check, rows, msg))
@@ -401,7 +413,7 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
         rows = np.flatnonzero(wrong)
         if len(rows):
             bad_rows(rule.later, "order", rows,
-                     lambda i: f"{rule.later} {b[i].as_py()} is before {rule.earlier} {a[i].as_py()}")
+                     lambda i: f"{rule.later} {_show(b, i, False)} is before {rule.earlier} {_show(a, i, False)}")
     if len(report.problems) + report.dropped > before:
         return None
     return pa.table(out, schema=tbl.arrow_schema)
@@ -447,7 +459,7 @@ def _check_values(arr: pa.Array, col: Column, unparsed: np.ndarray, now: datetim
         rows = np.flatnonzero(late)
         if len(rows):
             bad("future", rows,
-                lambda i: f"{arr[i].as_py()} lies in the future (ingest clock {now.isoformat(timespec='seconds')}, "
+                lambda i: f"{_show(arr, i, quote=False)} lies in the future (ingest clock {now.isoformat(timespec='seconds')}, "
                           f"bank time zone {now.tzinfo})")
 
 
@@ -552,9 +564,12 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
         raise ValueError(f"mode must be 'replace' or 'append', not {mode!r}")
     # The bank's clock: "today" for date columns is the bank's today (configs/bank.yaml). A naive ``now``
     # is UTC.
+    try:
+        zone = BankConfig(time_zone=time_zone).time_zone if time_zone else load_bank_config().time_zone
+    except ValidationError as e:
+        raise ConfigError(f"time_zone: {e.errors()[0]['msg']}") from None
     now = now or datetime.now(timezone.utc)
-    now = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(
-        ZoneInfo(time_zone or load_bank_config().time_zone))
+    now = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(ZoneInfo(zone))
     src = Path(src)
     report = _Report()
     files, layout = discover(src)

@@ -177,7 +177,9 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     manifest = {
         "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
         "store_version": version.name, "store_content_hash": version.content_hash,
-        "online_version": online_version if publish else None, "published": bool(publish),
+        # The version online for this date: this run's, or (not publishing) the one already there.
+        "online_version": online_version if publish else (live["version"] if live and live_as_of == as_of else None),
+        "published": bool(publish),
         "state_config": state.model_dump(), "time_zone": time_zone(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -169,7 +169,7 @@ def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
     fresh = load_bank_config().data_freshness
     last = default_as_of(version) - timedelta(days=1)  # the last day with data
     age = (day - last).days
-    out = {"data_ends": str(last), "data_age_days": age, "data_warning": None, "forced": False}
+    out = {"data_ends": str(last), "data_age_days": max(age, 0), "data_warning": None, "forced": False}
     if age > fresh.max_days:
         if not force:
             raise DailyError(f"the store's data ends {last}, {age} days before {day} (more than "

@@ -241,11 +241,34 @@ def test_timestamps_without_an_offset_are_the_banks_local_time(store, csv_bank):
     v = ingest(csv_bank, store, now=NOW, time_zone="America/Chicago")
     got = v.read("interactions").to_pandas().set_index("interaction_id").loc[ids, "ts"].astype(str).tolist()
     assert got == ["2026-05-30 04:30:00", "2026-01-15 14:00:00", "2026-05-29 23:30:00"]
+    # A date alone is the bank's local midnight (its "-15" is a day, not an offset).
+    df.loc[0, "ts"] = "2026-01-15"
+    _put(csv_bank, "interactions", df)
+    v = ingest(csv_bank, store, now=NOW, time_zone="America/Chicago")
+    assert str(v.read("interactions").to_pandas().set_index("interaction_id").loc[ids[0], "ts"]) == "2026-01-15 06:00:00"
     for value in ("2025-11-02 01:30", "2026-03-08 02:30"):  # repeated, skipped
         df.loc[0, "ts"] = value
         _put(csv_bank, "interactions", df)
         with pytest.raises(DataValidationError, match="must exist once in its zone"):
             ingest(csv_bank, store, now=NOW, time_zone="America/Chicago")
+
+
+def test_parquet_values_out_of_any_calendar_are_problems_not_tracebacks(loaded, csv_bank):
+    inter = pd.read_csv(csv_bank / "interactions.csv", keep_default_na=False, dtype=str)
+    ti = pa.Table.from_pandas(inter, preserve_index=False)
+    secs = pd.to_datetime(inter["ts"], format="ISO8601").astype("datetime64[s]").astype("int64").to_numpy().copy()
+    secs[2] = 18_448_444_073_710  # the year 586,577: wraps silently in an unchecked cast to microseconds
+    ti = ti.set_column(ti.schema.get_field_index("ts"), "ts", pa.array(secs, pa.timestamp("s")))
+    pq.write_table(ti, csv_bank / "interactions.parquet")
+    (csv_bank / "interactions.csv").unlink()
+    p = _one(_reject(csv_bank, loaded), file="interactions.parquet", column="ts")
+    assert "cannot hold" in p.message or "cannot read" in p.message
+    for zone in ("America/Chicago",):
+        with pytest.raises(DataValidationError):
+            ingest(csv_bank, loaded, now=NOW, time_zone=zone)
+    from nba.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown IANA time zone"):
+        ingest(csv_bank, loaded, now=NOW, time_zone="posix/America/Chicago")
 
 
 def test_closed_before_opened(loaded, csv_bank):
