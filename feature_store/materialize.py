@@ -162,38 +162,35 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     table = pa.Table.from_pandas(compute_features(version, as_of, state, time_zone()), preserve_index=False)
     timings["compute_s"] = round(time.perf_counter() - t0, 2)
 
-    store = online_store(home, online_url)
+    store = online_store(home, online_url)  # one connection: read what is live, then publish
     try:
         live = store.live()
-    finally:
-        store.close()
-    live_as_of = _live_as_of(live)
-    if publish is None:  # the current day (no date asked for) always; an asked-for date only if not older
-        publish = not asked or live_as_of is None or as_of >= live_as_of
+        live_as_of = _live_as_of(live)
+        if publish is None:  # the current day (no date asked for) always; an asked-for date only if not older
+            publish = not asked or live_as_of is None or as_of >= live_as_of
 
-    t0 = time.perf_counter()
-    say("writing offline Parquet")
-    online_version = f"{as_of.isoformat()}@{version.name}"
-    manifest = {
-        "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
-        "store_version": version.name, "store_content_hash": version.content_hash,
-        # The version online for this date: this run's, or (not publishing) the one already there.
-        "online_version": online_version if publish else (live["version"] if live and live_as_of == as_of else None),
-        "published": bool(publish),
-        "state_config": state.model_dump(), "time_zone": time_zone(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        t0 = time.perf_counter()
+        say("writing offline Parquet")
+        online_version = f"{as_of.isoformat()}@{version.name}"
+        manifest = {
+            "feature_schema_version": FEATURE_SCHEMA_VERSION, "as_of": as_of.isoformat(), "rows": table.num_rows,
+            "store_version": version.name, "store_content_hash": version.content_hash,
+            # The version online for this date: this run's, or (not publishing) the one already there.
+            "online_version": online_version if publish else (live["version"] if live and live_as_of == as_of
+                                                              else None),
+            "published": bool(publish),
+            "state_config": state.model_dump(), "time_zone": time_zone(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
 
-    def build(folder: Path) -> None:
-        pq.write_table(table, folder / "features.parquet", compression="zstd")
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        def build(folder: Path) -> None:
+            pq.write_table(table, folder / "features.parquet", compression="zstd")
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    final = publish_dir(_dir(home, as_of), build, what=f"the features at {as_of}")
-    timings["offline_write_s"] = round(time.perf_counter() - t0, 2)
+        final = publish_dir(_dir(home, as_of), build, what=f"the features at {as_of}")
+        timings["offline_write_s"] = round(time.perf_counter() - t0, 2)
 
-    t0 = time.perf_counter()
-    store = online_store(home, online_url)
-    try:
+        t0 = time.perf_counter()
         if publish:
             df = table.to_pandas()
             say(f"publishing {len(df):,} customers to the online store ({store.url})")

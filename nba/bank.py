@@ -64,10 +64,3 @@ def day_start(day: date, time_zone: str = "UTC") -> datetime:
     Daylight-saving days included: local midnight is looked up in the zone's rules."""
     local = datetime.combine(day, time(0), tzinfo=ZoneInfo(time_zone))
     return local.astimezone(timezone.utc).replace(tzinfo=None)
-
-
-def local_date(instant: datetime, time_zone: str = "UTC") -> date:
-    """The bank's calendar date at ``instant`` (naive = UTC)."""
-    if instant.tzinfo is None:
-        instant = instant.replace(tzinfo=timezone.utc)
-    return instant.astimezone(ZoneInfo(time_zone)).date()
