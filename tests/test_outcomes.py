@@ -83,13 +83,14 @@ def test_a_second_writer_waits_for_the_first(loaded):
         with lock(loaded.root / "LOCK"):
             release.wait(10)
 
+    before = loaded.require_current()
     t = threading.Thread(target=hold)
     t.start()
     time.sleep(0.2)
     threading.Timer(1.0, release.set).start()
-    v = record_outcomes(loaded, pd.DataFrame([_row(loaded)]), now=NOW, wait=30)
+    v = record_outcomes(loaded, pd.DataFrame([_row(loaded)]), now=NOW, wait=30)  # StoreError if it did not wait
     t.join()
-    assert v.rows("action_outcomes") == loaded.require_current().rows("action_outcomes")
+    assert v.name != before.name and v.rows("action_outcomes") == before.rows("action_outcomes") + 1
     assert "N-test-1" in set(decision_outcomes(v, date(2026, 5, 1), date(2026, 6, 1)).decision_id)
 
 
