@@ -17,7 +17,7 @@ EXTRAS_test := test,bench,$(FAISS)
 # build of torch where the machine has one, and PyPI's CUDA build for the same pin elsewhere.
 UV_PIN ?= uv==0.13.9
 
-.PHONY: demo test bench redis lock clean
+.PHONY: demo test bench redis postgres lock clean
 
 $(STAMP)-%: pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,13 +44,23 @@ redis:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null
 
+# The contact-ledger tests also run against a real PostgreSQL (Debian's package), a private cluster started
+# by the tests (initdb lives in /usr/lib/postgresql/<major>/bin, off the PATH).
+PG_INITDB = command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+postgres:
+	@$(PG_INITDB) || { \
+	  echo "installing postgresql (Debian package)"; \
+	  $(SUDO) apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q postgresql >/dev/null; }; }
+	@$(PG_INITDB)
+
 demo: $(STAMP)-demo
 	$(BIN)/nba demo
 
 # The layers first (import-linter contracts in pyproject.toml), then the suite.
-test: $(STAMP)-test redis
+test: $(STAMP)-test redis postgres
 	$(BIN)/lint-imports
-	NBA_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q
+	NBA_REQUIRE_REDIS=1 NBA_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)-test redis
 	$(BIN)/python benchmarks/bench_generate.py

@@ -43,6 +43,10 @@ app.add_typer(models_app, name="models")
 index_app = typer.Typer(help="FAISS retrieval: product candidates and lookalike audiences.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
+from apps.api.keys_cli import keys_app  # noqa: E402 - after the app it joins
+
+app.add_typer(keys_app, name="keys")
+
 out = Console()
 err = Console(stderr=True)
 
@@ -448,6 +452,37 @@ def bench_recsys(
 
 # -------------------------------------------------------------------------------------------------
 # nba demo
+
+
+@app.command("serve")
+def serve_api(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="uvicorn worker processes.")] = 1,
+    ray: Annotated[bool, typer.Option("--ray", help="Deploy on Ray Serve instead of uvicorn.")] = False,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Ray Serve replicas (with --ray).")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="Ray cluster for --ray (default: a local Ray).", show_default=False)] = None,
+    model_version: ModelOpt = "champion",
+    ledger_url: Annotated[str | None, typer.Option(
+        "--ledger-url", help="Serving database: sqlite:///PATH or postgresql://... (default: $NBA_LEDGER_URL, "
+        "else SQLite in NBA_HOME).", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Serving settings (default: configs/serving.yaml).", show_default=False)] = None,
+) -> None:
+    """Serve the scoring API (next best action, batch scores, recommendations, lookalikes, outcomes)."""
+    from apps.api import serve as runner
+    from apps.api.settings import load_settings
+
+    home = state.home.ensure()
+    load_settings(config)  # a bad config fails here, before anything starts
+    kw = dict(host=host, port=port, model=model_version, ledger_url=ledger_url, config=config)
+    if ray:
+        out.print(f"Ray Serve: {replicas} replica(s) on http://{host}:{port} (docs at /docs)")
+        runner.deploy_ray(home, replicas=replicas, address=ray_address, **kw)
+    else:
+        out.print(f"uvicorn: {workers} worker(s) on http://{host}:{port} (docs at /docs)")
+        runner.run_uvicorn(home, workers=workers, **kw)
 
 
 @app.command("demo")

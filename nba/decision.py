@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -65,21 +66,86 @@ class Inputs:
         return Inputs(self.product_propensity[idx], self.churn[idx], self.model_version)
 
 
-def _f(df: pd.DataFrame, col: str, fill: float = np.nan) -> np.ndarray:
-    return pd.to_numeric(df[col], errors="coerce").astype("float64").fillna(fill).to_numpy()
+# The engine reads its clients either from a DataFrame (the daily run: every client) or from a mapping of
+# column name -> 1-D array (the API: a few clients read from the online store), with the same results.
 
 
-def _b(df: pd.DataFrame, col: str) -> np.ndarray:
-    return df[col].fillna(False).astype(bool).to_numpy()
+def _len(df) -> int:
+    return len(df) if isinstance(df, pd.DataFrame) else len(next(iter(df.values())))
 
 
-def held_matrix(feats: pd.DataFrame, product_ids: pd.Index) -> np.ndarray:
+@dataclass(frozen=True)
+class Request:
+    """A real-time caller's context for :func:`score` / :func:`realtime`.
+
+    ``channel``: the channel the client is on now (an inbound call: ``phone``; an app session: ``app``);
+    only actions deliverable on it are proposed. ``candidates``: action ids to choose among (None: all).
+    ``exclude``: action ids never to propose. Actions these remove are traced under the rule ``request``.
+    """
+
+    channel: str | None = None
+    candidates: Sequence[str] | None = None
+    exclude: Sequence[str] = ()
+
+
+def _f(df, col: str, fill: float = np.nan) -> np.ndarray:
+    """Column ``col`` as float64, values that are not numbers as ``fill``."""
+    s = df[col]
+    if isinstance(s, pd.Series):
+        if s.dtype.kind in "fiub":
+            a = s.to_numpy(dtype="float64", na_value=np.nan)
+        else:
+            a = pd.to_numeric(s, errors="coerce").astype("float64").to_numpy()
+    else:
+        a = np.asarray(s)
+        if a.dtype.kind not in "fiub":
+            a = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else
+                          float(v) if isinstance(v, (bool, np.bool_)) else _number(v) for v in a], dtype="float64")
+        a = a.astype("float64", copy=False)
+    return a if np.isnan(fill) else np.where(np.isnan(a), fill, a)
+
+
+def _number(v) -> float:
+    try:
+        return float(v) if v is not None and not isinstance(v, str) else float(pd.to_numeric(v, errors="coerce"))
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def _b(df, col: str) -> np.ndarray:
+    """Column ``col`` as bool, missing values False."""
+    s = df[col]
+    if isinstance(s, pd.Series):
+        return s.fillna(False).astype(bool).to_numpy()
+    a = np.asarray(s)
+    if a.dtype == bool:
+        return a
+    return np.array([False if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v) for v in a], bool)
+
+
+def _s(df, col: str) -> np.ndarray:
+    """Column ``col`` as an object array of str (missing values as 'None'/'nan', as pandas' astype(str))."""
+    s = df[col]
+    if isinstance(s, pd.Series):
+        return s.astype(str).to_numpy()
+    return np.array([str(v) for v in s], dtype=object)
+
+
+def _records(df) -> list[dict]:
+    if isinstance(df, pd.DataFrame):
+        return df.to_dict("records")
+    cols = list(df.items())
+    return [{c: v[i] for c, v in cols} for i in range(_len(df))]
+
+
+def held_matrix(feats, product_ids: pd.Index) -> np.ndarray:
     """[n, m] bool: the client holds the product (from ``held_products``)."""
-    s = feats["held_products"].fillna("").astype(str)
-    out = np.zeros((len(feats), len(product_ids)), bool)
+    s = feats["held_products"]
+    s = s.fillna("").astype(str).to_numpy() if isinstance(s, pd.Series) else s
+    out = np.zeros((_len(feats), len(product_ids)), bool)
     codes = {p: j for j, p in enumerate(product_ids)}
-    for i, text in enumerate(s.to_numpy()):
-        if text:
+    for i, text in enumerate(s):
+        if isinstance(text, str) and text:
             for p in text.split("|"):
                 j = codes.get(p)
                 if j is not None:
@@ -101,8 +167,14 @@ def decision_id(day: date, customer_id: str, action_id: str) -> str:
     return "N" + hashlib.blake2b(f"{day}|{customer_id}|{action_id}".encode(), digest_size=8).hexdigest()
 
 
-def feature_hashes(feats: pd.DataFrame) -> np.ndarray:
-    """A short hash of each client's feature row (dtype-stable: values as text)."""
+def feature_hashes(feats) -> np.ndarray:
+    """``[n]`` a short hash of each client's feature row (dtype-stable: values as text).
+
+    ``feats``: a DataFrame, or a mapping of column -> 1-D array whose numeric columns are float64 (NaN
+    for missing), bool columns bool and the others object; both give the same hash for the same values.
+    """
+    if not isinstance(feats, pd.DataFrame):
+        return _feature_hashes_arrays(feats)
     cols = sorted(c for c in feats.columns if c != "state_evidence")
     text = pd.Series("", index=feats.index, dtype="string")
     for c in cols:
@@ -111,6 +183,31 @@ def feature_hashes(feats: pd.DataFrame) -> np.ndarray:
             col = pd.to_numeric(col).astype("float64").round(6)  # int and float spellings hash alike
         text = text + "|" + col.astype("string").fillna("<NA>")
     return np.array([hashlib.blake2b(t.encode(), digest_size=6).hexdigest() for t in text], dtype=object)
+
+
+def _text(a: np.ndarray) -> list[str]:
+    """Values as ``feature_hashes`` writes them: pandas' ``astype("string")`` of the rounded numbers."""
+    if a.dtype.kind in "fiu":
+        r = np.round(a.astype("float64"), 6)
+        return ["<NA>" if v != v else str(v) for v in r.tolist()]
+    return ["<NA>" if v is None or (isinstance(v, float) and v != v) else str(v) for v in a.tolist()]
+
+
+def _feature_hashes_arrays(feats: Mapping[str, np.ndarray]) -> np.ndarray:
+    cols = sorted(c for c in feats if c != "state_evidence")
+    n = _len(feats)
+    arrays = [np.asarray(feats[c]) for c in cols]
+    numeric = [k for k, a in enumerate(arrays) if a.dtype.kind in "fiu"]
+    texts: list = [None] * len(cols)
+    if numeric:  # one rounding for every numeric column (numpy's rounding, as pandas' .round)
+        block = np.round(np.stack([arrays[k].astype("float64") for k in numeric], axis=1), 6).tolist()
+        for pos, k in enumerate(numeric):
+            texts[k] = ["<NA>" if row[pos] != row[pos] else str(row[pos]) for row in block]
+    for k, a in enumerate(arrays):
+        if texts[k] is None:
+            texts[k] = _text(a)
+    return np.array([hashlib.blake2b(("|" + "|".join(t[i] for t in texts)).encode(), digest_size=6).hexdigest()
+                     for i in range(n)], dtype=object)
 
 
 class _History:
@@ -131,8 +228,9 @@ class _History:
         self.since_action = np.full((n, A), np.inf)
         self.since_decline = np.full((n, A), np.inf)
         self.since_family_decline = {f: np.full(n, np.inf) for f in ("product_offer", "care_contact", "retention_offer")}
-        if history is None or history.empty:
+        if history is None or len(history) == 0:
             return
+        ids = ids if isinstance(ids, pd.Index) else pd.Index(ids)
         h = history.copy()
         h["row"] = ids.get_indexer(h["customer_id"])
         h = h[h["row"] >= 0]
@@ -178,12 +276,31 @@ class _Static:
     resp: np.ndarray      # [C]
     ccost: np.ndarray     # [C]
     in_person: np.ndarray  # [C]
+    min_age: np.ndarray    # [A] offers: the product's minimum age (0 for other actions)
+    segments: list         # [A] offers: the product's eligible segments (a set), else None
+    margins: np.ndarray    # [m] annual margin per catalog product
+    risk: np.ndarray       # [A] offers: the product's risk level (0 for other actions)
+    invest: np.ndarray     # [A] offers: an investment product (suitability applies)
+    action_ids: np.ndarray  # [A] object
+    product_rows: dict = None  # product_id -> the product's row as a dict (talking points)
 
 
 FAMILIES = ("product_offer", "care_contact", "retention_offer")
 
 
+_STATIC_CACHE: list = []  # (catalog, _Static) of the last few catalogs: the API scores one client at a time
+
+
 def _static(catalog: Catalog) -> _Static:
+    for cat, s in _STATIC_CACHE:
+        if cat is catalog:
+            return s
+    s = _build_static(catalog)
+    _STATIC_CACHE[:] = [(catalog, s), *_STATIC_CACHE[:3]]
+    return s
+
+
+def _build_static(catalog: Catalog) -> _Static:
     A, C = len(catalog.actions), len(CHANNELS)
     pidx = {p: j for j, p in enumerate(catalog.products.index)}
     ch = np.zeros((A, C), bool)
@@ -191,7 +308,20 @@ def _static(catalog: Catalog) -> _Static:
         for c in a.channels:
             ch[j, CHANNELS.index(c)] = True
     cfg = catalog.config.channels
+    prods = catalog.products
+    suit = catalog.policy.suitability
+    min_age, risk, invest = np.zeros(A), np.zeros(A), np.zeros(A, bool)
+    segments: list = [None] * A
+    for j, a in enumerate(catalog.actions):
+        if a.product_id:
+            p = prods.loc[a.product_id]
+            min_age[j], risk[j] = float(p["min_age"]), float(p["risk_level"])
+            invest[j] = p["category"] in suit.investment_categories
+            segments[j] = frozenset(str(p["eligible_segments"]).split("|"))
     return _Static(
+        min_age=min_age, segments=segments, margins=prods["annual_margin"].to_numpy(float), risk=risk,
+        invest=invest, action_ids=np.array([a.action_id for a in catalog.actions], dtype=object),
+        product_rows={pid: row for pid, row in zip(prods.index, prods.to_dict("records"))},
         fam=np.array([FAMILIES.index(a.family) for a in catalog.actions]),
         prod=np.array([pidx[a.product_id] if a.product_id else -1 for a in catalog.actions]),
         ch=ch, cost=np.array([a.cost for a in catalog.actions]), lever=np.array([a.lever for a in catalog.actions]),
@@ -200,7 +330,7 @@ def _static(catalog: Catalog) -> _Static:
         in_person=np.array([cfg[c].in_person for c in CHANNELS]))
 
 
-def _care_triggers(feats: pd.DataFrame, catalog: Catalog, day: date) -> dict[str, np.ndarray]:
+def _care_triggers(feats, catalog: Catalog, day: date) -> dict[str, np.ndarray]:
     out = {}
     for name, c in catalog.config.care_contacts.items():
         if c.trigger == "birthday":
@@ -216,22 +346,30 @@ def _care_triggers(feats: pd.DataFrame, catalog: Catalog, day: date) -> dict[str
         elif c.trigger == "anniversary":
             t = _b(feats, "anniversary_in_14d") & (_f(feats, "tenure_days", 0) >= 300)
         else:  # holiday
-            t = np.full(len(feats), day.strftime("%m-%d") in (c.dates or []))
+            t = np.full(_len(feats), day.strftime("%m-%d") in (c.dates or []))
         out[f"care:{name}"] = t
     return out
 
 
-def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, day: date) -> dict:
+def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
+          request: Request | None = None) -> dict:
     """Propensity, value, policies and the best in-person and digital option of each client in ``f``
-    (``inputs`` and ``history`` aligned with its rows)."""
+    (a DataFrame, or a mapping of column -> 1-D array; ``inputs`` and ``history`` aligned with its rows).
+
+    ``request``: a real-time caller's context (:class:`Request`), applied as the rule ``request`` after
+    the hard policies. Returns arrays: ``P``, ``V`` [n, A]; ``removed_by`` [n, A] (0 passed, else
+    1 + index in :data:`RULES`, or ``len(RULES) + 1`` for ``request``); ``best`` per kind ("ip", "dg"):
+    (priority [n], action [n], channel [n]); ``action_priority`` / ``action_channel`` [n, A]: each action
+    at its best allowed channel (-inf: not allowed).
+    """
     S = _static(catalog)
-    n, A, C = len(f), len(catalog.actions), len(CHANNELS)
+    n, A, C = _len(f), len(catalog.actions), len(CHANNELS)
     pol = catalog.policy
     prods = catalog.products
     age = _f(f, "age", 0)
     protected = (age >= pol.suitability.protected_age) | _b(f, "vulnerable")
     held = held_matrix(f, prods.index)
-    margins = prods["annual_margin"].to_numpy(float)
+    margins = S.margins
     client_margin = held.astype(float) @ margins
     health = _f(f, "health_score", 50)
     churn = inputs.churn
@@ -246,11 +384,10 @@ def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, 
     offer_cols = np.flatnonzero(S.fam == 0)
     P[:, offer_cols] = np.nan_to_num(pp[:, S.prod[offer_cols]], nan=0.0)
     V[:, offer_cols] = margins[S.prod[offer_cols]] * pol.value_years * S.lever[offer_cols]
-    segs = f["segment"].astype(str).to_numpy()
+    segs = _s(f, "segment")
     for j in offer_cols:
-        p = prods.iloc[S.prod[j]]
-        ok_seg = np.isin(segs, str(p["eligible_segments"]).split("|"))
-        elig[:, j] = (age >= float(p["min_age"])) & ok_seg & ~np.isnan(pp[:, S.prod[j]])
+        ok_seg = np.array([s in S.segments[j] for s in segs], bool)
+        elig[:, j] = (age >= S.min_age[j]) & ok_seg & ~np.isnan(pp[:, S.prod[j]])
     triggers = _care_triggers(f, catalog, day)
     for j, a in enumerate(catalog.actions):
         if a.care is not None:
@@ -280,10 +417,7 @@ def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, 
     # Suitability: investment products within risk tolerance and a fresh assessment; protected clients
     # get nothing above the protected risk level, and their product offers need an RM (in person).
     suit = pol.suitability
-    risk = np.zeros(A)
-    invest = np.zeros(A, bool)
-    risk[offer_cols] = prods["risk_level"].to_numpy(float)[S.prod[offer_cols]]
-    invest[offer_cols] = prods["category"].isin(suit.investment_categories).to_numpy()[S.prod[offer_cols]]
+    risk, invest = S.risk, S.invest
     tol = _f(f, "risk_tolerance", 0)
     assessed = _f(f, "risk_assessment_age_days", np.inf) < suit.assessment_max_age_days
     unsuitable = invest[None, :] & ((risk[None, :] > tol[:, None]) | ~assessed[:, None])
@@ -311,11 +445,23 @@ def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, 
     contacts = _f(f, "outbound_30d", 0) + history.contacts_30d
     apply("contact_cap", (contacts >= pol.max_contacts_per_30d)[:, None] & np.ones((1, A), bool))
     apply("one_per_day", history.today[:, None] & np.ones((1, A), bool))
+    if request is not None:
+        before = chan.any(axis=2)
+        if request.channel is not None:
+            chan &= (np.array(CHANNELS) == request.channel)[None, None, :]
+        allowed = np.ones(A, bool)
+        if request.candidates is not None:
+            allowed &= np.isin(S.action_ids, list(request.candidates))
+        if request.exclude:
+            allowed &= ~np.isin(S.action_ids, list(request.exclude))
+        removed_by[((~allowed)[None, :] | (before & ~chan.any(axis=2))) & (removed_by == 0)] = len(RULES) + 1
 
     # --- expected value per channel; best in-person and best digital option -------------------------
     ok = (removed_by == 0)[:, :, None] & chan
     ev = P[:, :, None] * S.resp[None, None, :] * V[:, :, None] - S.ccost[None, None, :] - S.cost[None, :, None]
     ev = np.where(ok, ev, -np.inf)
+    per_action = ev.max(axis=2)  # [n, A]
+    per_action = np.where(per_action > pol.min_priority, per_action, -np.inf)
     best = {}
     for name, mask in (("ip", S.in_person), ("dg", ~S.in_person)):
         e = np.where(mask[None, None, :], ev, -np.inf).reshape(n, A * C)
@@ -324,7 +470,8 @@ def score(f: pd.DataFrame, catalog: Catalog, inputs: Inputs, history: _History, 
         valid = np.isfinite(pr) & (pr > pol.min_priority)
         best[name] = (np.where(valid, pr, -np.inf), k // C, k % C)
     return {"P": P, "V": V, "removed_by": removed_by, "rm_review": rm_review, "chan_ok": ok.any(axis=2),
-            "best": best, "held": held, "protected": protected, "churn": churn}
+            "best": best, "held": held, "protected": protected, "churn": churn,
+            "action_priority": per_action, "action_channel": ev.argmax(axis=2)}
 
 
 def assign(rm: np.ndarray, ip: np.ndarray, dg: np.ndarray, capacity: dict[str, int]) -> np.ndarray:
@@ -431,7 +578,7 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
         traces.append(json.dumps(trace, separators=(",", ":")))
     actions = [catalog.actions[j] for j in a_idx]
     channels = np.array(CHANNELS, dtype=object)[c_idx]
-    cohort = _cohort_shares(feats, catalog)
+    cohort = cohort_shares(feats, catalog)
     reasons, points = explain(f, actions, P, detail["churn"], catalog, cohort, review, day)
     out = pd.DataFrame({
         "date": day.isoformat(),
@@ -470,8 +617,9 @@ def age_band(age: np.ndarray) -> np.ndarray:
     return np.array(AGE_BAND_NAMES, dtype=object)[np.clip(np.searchsorted(AGE_BANDS, age, side="right") - 1, 0, 3)]
 
 
-def _cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-    """Share of clients holding each product, per segment x age band (for 'clients like this one')."""
+def cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """``[n_cohorts, n_products]`` share of clients holding each product, per segment x age band (for the
+    talking point 'clients like this one'), over every client of ``feats`` (the whole bank on a day)."""
     held = held_matrix(feats, catalog.products.index)
     key = feats["segment"].astype(str).to_numpy() + "|" + age_band(_f(feats, "age", 0))
     frame = pd.DataFrame(held, columns=catalog.products.index)
@@ -483,24 +631,24 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
+def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
             cohort: pd.DataFrame, review: np.ndarray, day: date) -> tuple[list[str], list[str]]:
     """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision on ``day``, from the
     evidence."""
-    prods = catalog.products
+    S = _static(catalog)
     reasons, points = [], []
     age = _f(f, "age", 0)
     bands = age_band(age)
-    for i, (a, r) in enumerate(zip(actions, f.to_dict("records"))):
+    for i, (a, r) in enumerate(zip(actions, _records(f))):
         codes, tp = [], []
         health = float(r.get("health_score", np.nan))
         stage = r.get("lifecycle_stage")
         if a.family == "product_offer":
-            p = prods.loc[a.product_id]
+            p = S.product_rows[a.product_id]
             codes.append("model_propensity")
             tp.append(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days")
             key = f"{r['segment']}|{bands[i]}"
-            share = float(cohort.loc[key, a.product_id]) if key in cohort.index else 0.0
+            share = float(cohort.at[key, a.product_id]) if key in cohort.index else 0.0
             if share >= 0.2:
                 codes.append("peer_adoption")
                 tp.append(f"Clients like this one hold {p['name']}: {_pct(share)} of {r['segment']} clients aged "
@@ -572,3 +720,86 @@ def explain(f: pd.DataFrame, actions: list, P: np.ndarray, churn: np.ndarray, ca
         reasons.append("|".join(codes))
         points.append(" || ".join(tp[:3]))
     return reasons, points
+
+
+# -------------------------------------------------------------------------------------------------
+# Real time: one client (or a batch) now, for the scoring API
+
+
+def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFrame | None,
+             cohort: pd.DataFrame, request: Request | None = None, top: int = 5,
+             detail: bool = False) -> list[dict] | tuple[list[dict], dict]:
+    """Ranked actions per client of ``f`` for a real-time caller (the scoring API).
+
+    The daily engine's propensities, hard policies, channels, priorities, control group, reasons and
+    talking points for each client on ``day``, with the caller's :class:`Request` applied; without the
+    daily run's book-level capacity assignment (a single request cannot see the RM's whole book), so the
+    top action equals the daily engine's best option before assignment. ``cohort``: :func:`cohort_shares`
+    of the whole bank on ``day``; ``history``: HISTORY_COLUMNS rows of these clients (the ledger).
+
+    Returns one dict per client: ``customer_id``, ``control_group`` (the client is held out today for
+    the family of its best action: ``actions`` is then empty and ``held_out`` names that action),
+    ``actions`` (at most ``top``, best first: action_id, action_family, product_id, channel, priority,
+    propensity, value, in_person, rm_review, reasons, talking_points, decision_id), ``policy_trace``
+    (rule -> action ids it removed, ``passed``, ``chosen``), ``feature_hash`` and the client's state.
+    With ``detail``, also :func:`score`'s arrays (a pair).
+    """
+    n = _len(f)
+    ids = _s(f, "customer_id")
+    hist = _History(history, ids, catalog, day)
+    d = score(f, catalog, inputs, hist, day, request)
+    S = _static(catalog)
+    rules = RULES + (("request",) if request is not None else ())
+    hashes = feature_hashes(f)
+    records = _records(f)
+    out = []
+    for i in range(n):
+        pri = d["action_priority"][i]
+        order = np.argsort(-pri, kind="stable")
+        order = order[np.isfinite(pri[order])][:max(int(top), 1)]
+        rb = d["removed_by"][i]
+        trace = {rule: S.action_ids[rb == k + 1].tolist() for k, rule in enumerate(rules)}
+        trace["passed"] = S.action_ids[(rb == 0) & d["chan_ok"][i]].tolist()
+        trace["chosen"] = None
+        r = records[i]
+        row = {"customer_id": ids[i], "control_group": False, "held_out": None, "actions": [],
+               "policy_trace": trace, "feature_hash": str(hashes[i]),
+               "state": {"lifecycle_stage": r.get("lifecycle_stage"), "health_score": _num_or_none(r.get("health_score")),
+                         "complaint_state": r.get("complaint_state"), "emotional_state": r.get("emotional_state"),
+                         "churn_risk": _num_or_none(inputs.churn[i])}}
+        if len(order):
+            fam = catalog.actions[order[0]].family
+            share = catalog.policy.control_share.get(fam, 0.0)
+            if control_draw(np.array([ids[i]]), np.array([fam]), day)[0] < share:
+                row["control_group"] = True
+                row["held_out"] = {"action_id": S.action_ids[order[0]], "action_family": fam,
+                                   "decision_id": decision_id(day, ids[i], S.action_ids[order[0]])}
+                trace["chosen"] = {"action_id": S.action_ids[order[0]], "channel": None, "assignment": "control_group"}
+                out.append(row)
+                continue
+            acts = [catalog.actions[j] for j in order]
+            rep = {c: [v] * len(order) for c, v in r.items()}
+            reasons, points = explain(rep, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
+                                      catalog, cohort, d["rm_review"][i, order], day)
+            for k, (j, a) in enumerate(zip(order, acts)):
+                c = CHANNELS[d["action_channel"][i, j]]
+                row["actions"].append({
+                    "rank": k + 1, "action_id": a.action_id, "action_family": a.family, "product_id": a.product_id,
+                    "channel": c, "in_person": bool(catalog.config.channels[c].in_person),
+                    "rm_review": bool(d["rm_review"][i, j]), "priority": round(float(pri[j]), 4),
+                    "propensity": round(float(d["P"][i, j]), 5), "value": round(float(d["V"][i, j]), 2),
+                    "reasons": reasons[k].split("|") if reasons[k] else [],
+                    "talking_points": points[k].split(" || ") if points[k] else [],
+                    "decision_id": decision_id(day, ids[i], a.action_id)})
+            trace["chosen"] = {"action_id": acts[0].action_id, "channel": row["actions"][0]["channel"],
+                               "assignment": "realtime"}
+        out.append(row)
+    return (out, d) if detail else out
+
+
+def _num_or_none(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if v != v else v

@@ -1,9 +1,15 @@
 """``nba daily --date D``: every client scored, the day's actions assigned to RMs, lists written.
 
 Inputs: the live store version (products, RMs and their capacity, action outcomes), the features and
-customer state at D (materialized, else computed point-in-time), and a registered model version (its
-calibrated product propensities and churn). Earlier days' own decision files count towards contact caps
-and cooldowns until their outcomes come back through the store (matched on ``decision_id``).
+customer state at D (materialized, else computed point-in-time), a registered model version (its
+calibrated product propensities and churn) and the contact ledger (:mod:`feature_store.ledger`: the
+daily lists' and the scoring API's decisions and their outcomes). Contact caps, one-per-day and cooldowns
+count every decision once (matched on ``decision_id``), as known when D began: the ledger's decisions and
+outcomes, the store's outcomes, and the daily decision files of homes written before the ledger.
+
+After the day's lists are published, their decisions replace the day's daily rows in the ledger
+(:meth:`~feature_store.ledger.Ledger.replace_daily`), where the scoring API sees them at once. The ledger
+is ``$NBA_LEDGER_URL``, else ``$NBA_HOME/ledger.sqlite``.
 
 Output, under ``$NBA_HOME/daily/<D>/``: ``decisions.parquet`` (one row per client given an action, the
 control group included), ``rm/<stem>.csv`` (UTF-8 with a byte-order mark, for Excel) and a printable
@@ -29,10 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
 from bundle import Bundle, registry
+from feature_store.ledger import DAILY, Ledger
 from feature_store.materialize import default_as_of, features_at
 from feature_store.outcomes import decision_outcomes
+from feature_store.sql import redact
 from feature_store.store import StoreVersion, TableStore
 from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
 from nba.bank import load_bank_config
@@ -68,19 +77,36 @@ class DailyResult:
                 "model_version": self.model_version, "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
-def history(home: Home, version: StoreVersion, day: date) -> pd.DataFrame:
-    """Decisions of the last HISTORY_DAYS before ``day``: outcomes known before ``day`` from the store,
-    plus the earlier daily runs' own decisions whose outcomes have not come back yet."""
+def history(home: Home, version: StoreVersion, day: date, *, ledger: Ledger | None = None) -> pd.DataFrame:
+    """Decisions of the last HISTORY_DAYS before ``day`` that count towards caps and cooldowns
+    (:data:`nba.decision.HISTORY_COLUMNS`), as known when ``day`` began (a re-run of the day decides as it
+    did then, and never sees its own list). Each decision once, from:
+
+    - the ledger (``ledger``, else the home's): the daily lists and the API decisions that count
+      (:meth:`~feature_store.ledger.Ledger.history`);
+    - the store's outcomes (:func:`~feature_store.outcomes.decision_outcomes`), for outcomes recorded
+      outside the ledger. One rule with the ledger: an outcome that says the client was not reached makes
+      no contact by itself;
+    - the daily decision files of homes written before the ledger.
+
+    Where the ledger and the store both hold a decision, a decline wins, then the later outcome.
+    """
     start = day - timedelta(days=HISTORY_DAYS)
-    frames = []
     # Point in time: outcomes known before the day (a re-run of the day decides as it did then).
     rows = decision_outcomes(version, start, day, known_before=day)
-    if len(rows):
-        frames.append(pd.DataFrame({
-            "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
-            "decided": rows["decided_date"], "outcome": rows["outcome"],
-            "outcome_date": rows["outcome_date"], "control_group": False}))
-    seen = set(rows["decision_id"])
+    rows = rows[rows["outcome"] != "not_reachable"]
+    store = pd.DataFrame({
+        "customer_id": rows["customer_id"], "action_id": rows["action_id"], "action_family": rows["action_family"],
+        "decided": rows["decided_date"], "outcome": rows["outcome"], "outcome_date": rows["outcome_date"],
+        "control_group": False, "decision_id": rows["decision_id"]})
+    led = ledger or Ledger.open(home)
+    try:
+        mine = led.history(day, known_before=day, days=HISTORY_DAYS, exclude_source_on_day=DAILY, decision_ids=True)
+    finally:
+        if ledger is None:
+            led.close()
+    frames = [_merge_outcomes(mine, store)]
+    seen = set(frames[0]["decision_id"])
     for d in range(1, HISTORY_DAYS + 1):
         past = day - timedelta(days=d)
         f = home.daily / past.isoformat() / "decisions.parquet"
@@ -90,9 +116,28 @@ def history(home: Home, version: StoreVersion, day: date) -> pd.DataFrame:
             frames.append(pd.DataFrame({"customer_id": p["customer_id"], "action_id": p["action_id"],
                                         "action_family": p["action_family"], "decided": past, "outcome": None,
                                         "outcome_date": None, "control_group": p["control_group"]}))
+    frames = [f for f in frames if len(f)]
     if not frames:
         return empty_history()
     return pd.concat(frames, ignore_index=True)[list(HISTORY_COLUMNS)]
+
+
+def _merge_outcomes(ledger: pd.DataFrame, store: pd.DataFrame) -> pd.DataFrame:
+    """One row per decision_id of the ledger's and the store's rows: the ledger's decision (day, control
+    group) with the deciding outcome of either (a decline wins, then the later date, then the ledger's)."""
+    if not len(store) or not len(ledger):
+        return ledger if len(ledger) else store
+    both = pd.concat([ledger.assign(_rank=1), store.assign(_rank=0)], ignore_index=True)
+    both["_declined"] = both["outcome"].eq("declined")
+    both["_when"] = pd.to_datetime(both["outcome_date"])
+    out = (both.sort_values(["_declined", "_when", "_rank"], na_position="first", kind="stable")
+           .drop_duplicates("decision_id", keep="last").reset_index(drop=True))
+    mine = ledger.set_index("decision_id")
+    known = out["decision_id"].isin(mine.index)
+    for c in ("decided", "control_group"):
+        out.loc[known, c] = out.loc[known, "decision_id"].map(mine[c]).to_numpy()
+    out["control_group"] = out["control_group"].astype(bool)
+    return out.drop(columns=["_rank", "_declined", "_when"])
 
 
 def model_inputs(bundle: Bundle, feats: pd.DataFrame, catalog: Catalog, version_label: str) -> Inputs:
@@ -151,7 +196,9 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
 
     The day's lock is held for the whole run: a second run for the same day fails at once with
     ``DailyError`` instead of doing all its work and then finding the day locked. Data older than
-    ``data_freshness`` in configs/bank.yaml gives a warning, or ``DailyError`` unless ``force``.
+    ``data_freshness`` in configs/bank.yaml gives a warning, or ``DailyError`` unless ``force``. The
+    published decisions replace the day's daily rows in the contact ledger (``$NBA_LEDGER_URL``, else the
+    home's SQLite file).
     """
     target = home.daily / day.isoformat()
     with ExitStack() as held:
@@ -159,7 +206,8 @@ def run_daily(home: Home, day: date, *, model: str | int = registry.CHAMPION, ca
             held.enter_context(lock(lock_path(target), 0, f"the daily lists of {day}", reentrant=True))
         except Busy:
             raise DailyError(f"another daily run for {day} is in progress (lock {lock_path(target)})") from None
-        return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at, force)
+        ledger = held.enter_context(Ledger.open(home))
+        return _run_daily(home, day, model, catalog_path, ray_address, log, _kill_at, force, ledger)
 
 
 def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
@@ -184,7 +232,7 @@ def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
 
 
 def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
-               log, _kill_at: str | None, force: bool = False) -> DailyResult:
+               log, _kill_at: str | None, force: bool, ledger: Ledger) -> DailyResult:
     seconds = {}
     t = time.perf_counter()
     version = TableStore(home.store).require_current()
@@ -200,7 +248,7 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     bundle = registry.bundle_of(home, mv)
     label = f"{mv.name}/{mv.version}"
     inputs = model_inputs(bundle, feats, catalog, label)
-    hist = history(home, version, day)
+    hist = history(home, version, day, ledger=ledger)
     seconds["load"] = time.perf_counter() - t
     if bundle.meta.get("as_of") and day < date.fromisoformat(str(bundle.meta["as_of"])):
         log(f"warning: deciding for {day} with model {label}, trained on the graph at {bundle.meta['as_of']}: "
@@ -219,8 +267,19 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
 
     t = time.perf_counter()
     path = write(home, day, decisions, {"model": label, "store_version": version.name, **stale, "catalog": str(catalog_path or
-                 "configs/actions.yaml"), "clients": len(feats), "ray_address": address}, _kill_at=_kill_at)
+                 "configs/actions.yaml"), "clients": len(feats), "ray_address": address, "ledger": redact(ledger.url)},
+                 _kill_at=_kill_at)
     seconds["write"] = time.perf_counter() - t
+    t = time.perf_counter()
+    try:
+        # After the switch: the ledger never holds a list that was not published. A failure here leaves
+        # the ledger with the day's previous list; the re-run (idempotent) records this one.
+        ledger.replace_daily(day, decisions)
+    except sa.exc.SQLAlchemyError as e:
+        raise DailyError(f"the lists of {day} are written to {path}, but recording them in the contact ledger "
+                         f"{redact(ledger.url)} failed ({type(e).__name__}: {getattr(e, 'orig', e)}); "
+                         f"run `nba daily --date {day}` again") from None
+    seconds["ledger"] = time.perf_counter() - t
     res = DailyResult(day, path, decisions, seconds, int(mv.version))
     s = res.summary()
     log(f"{s['decisions']:,} decisions ({s['in_person']:,} in person, {s['digital']:,} digital, "

@@ -170,6 +170,15 @@ class Retriever:
         self._lock = threading.Lock()
         self._snapshot = load_for_version(home, alias_or_version, name, device)
 
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> Retriever:
+        """A retriever over an already loaded snapshot (no registry lookup; :meth:`refresh` unavailable)."""
+        r = cls.__new__(cls)
+        r.home = r.target = r.name = r.device = None
+        r._lock = threading.Lock()
+        r._snapshot = snapshot
+        return r
+
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot

@@ -139,3 +139,62 @@ def trained_home(bank: Path, tmp_path_factory, name: str, epochs: int):
     cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", f"model.epochs={epochs}"])[0]
     run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None)
     return h
+
+
+# -------------------------------------------------------------------------------------------------
+# PostgreSQL: a private cluster for the test session (Debian's postgresql package; make test installs it).
+
+import glob
+import re
+import tempfile
+
+
+def _pg_bindir() -> Path | None:
+    """The folder of initdb: on PATH, else Debian's /usr/lib/postgresql/<major>/bin (the newest)."""
+    found = _shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    dirs = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    major = lambda d: int(re.sub(r"\D", "", d.parent.name) or 0)  # noqa: E731
+    return max(dirs, key=major) if dirs else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """URL of a PostgreSQL server started for this session (trust auth on 127.0.0.1, a free port, its own
+    data folder), with an empty database ``nba``; skipped only where PostgreSQL is not required."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        if os.environ.get("NBA_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required (NBA_REQUIRE_POSTGRES=1) but initdb is not installed")
+        pytest.skip("PostgreSQL not installed (make test installs Debian's postgresql)")
+    # PostgreSQL refuses to run as root: as root the server runs as the `postgres` user, in a folder it
+    # owns under /tmp (pytest's own temporary folders are private to their owner).
+    as_root = os.geteuid() == 0
+    run_as = ["runuser", "-u", "postgres", "--"] if as_root else []
+    root = Path(tempfile.mkdtemp(prefix="nba-pg-"))
+    if as_root:
+        _shutil.chown(root, "postgres", "postgres")
+    data, log, port = root / "data", root / "server.log", _free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        r = subprocess.run([*run_as, str(bindir / tool), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        if r.returncode:
+            server = log.read_text() if log.exists() else ""
+            pytest.fail(f"{tool} failed ({r.returncode}): {r.stderr}\n{server}")
+
+    try:
+        pg("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        pg("pg_ctl", "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+           f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE nba")
+        yield f"postgresql://postgres@127.0.0.1:{port}/nba"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "fast", "-w"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        _shutil.rmtree(root, ignore_errors=True)

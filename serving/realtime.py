@@ -1,0 +1,416 @@
+"""Real-time decisions for the scoring API: one loaded model, the online store and the contact ledger.
+
+:class:`DecisionService` answers, for one client or a batch, with the same engine as the daily lists
+(:func:`nba.decision.realtime`): features from the online store's live snapshot (its day is the
+decision day), the model's calibrated propensities and churn from the registered bundle, and the
+client's contact history from the ledger (decisions and outcomes of every source) plus the outcomes in
+the table store.
+
+Everything a request needs from a model lives in one immutable :class:`ServingState`. :meth:`reload`
+builds a new state beside the current one (bundle, FAISS indexes, catalog, cohort shares, store
+outcomes), checks it (a missing file, an unknown schema version, NaN scores: refused, the old state
+keeps serving) and switches one reference. A request reads the reference once at its start and
+finishes on that state, so a swap never fails a request in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bundle import Bundle, BundleError, registry
+from feature_store.ledger import Ledger
+from feature_store.materialize import _live_as_of, features_at, online_store
+from feature_store.online import OnlineStore
+from feature_store.outcomes import decision_outcomes
+from feature_store.store import TableStore
+from nba.catalog import Catalog, load_catalog
+from nba.decision import (
+    HISTORY_COLUMNS,
+    RULES,
+    Inputs,
+    Request,
+    cohort_shares,
+    empty_history,
+    realtime,
+    score,
+    _History,
+)
+from nba.errors import NBAError
+from nba.home import Home
+from nba.schema import CHANNELS
+
+from .retrieval import INDEX_TAG, Snapshot, load_for_version
+
+HISTORY_DAYS = 120
+
+
+class ServingError(NBAError):
+    """The service cannot load or answer (no model, no online features, a broken bundle)."""
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything a request needs, immutable once built; requests hold it while they use it."""
+
+    model_name: str
+    model_version: int
+    label: str              # "<name>/<version>", recorded with every decision
+    build_id: str           # the FAISS index build
+    snapshot: Snapshot      # bundle + indexes
+    catalog: Catalog
+    product_col: np.ndarray  # [n_catalog_products] column in the bundle's products, -1 unknown
+    day: date               # decision day: the online store's live as_of
+    online_version: str
+    store_version: str
+    cohort: pd.DataFrame    # cohort_shares of the whole bank on ``day``
+    kinds: dict             # column -> "num" | "bool" | "obj" (dtypes of the offline frame)
+    rows: dict              # customer_id -> bundle row
+    store_history: pd.DataFrame  # HISTORY_COLUMNS from the store's action_outcomes, indexed by customer_id
+    meta: dict              # bundle meta (as_of, trained_at, evaluation)
+    metrics: dict           # the registered version's run metrics
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.snapshot.bundle
+
+    def key(self) -> tuple:
+        return (self.model_version, self.build_id, self.online_version, self.store_version)
+
+
+class DecisionService:
+    """Loads a model alias (``champion``) with its indexes and answers real-time requests.
+
+    ``ledger``: the contact ledger (decisions and outcomes); ``online_url``: the online store
+    (``$NBA_ONLINE_STORE`` / SQLite in ``NBA_HOME`` by default); ``clock``: the time decisions are
+    recorded at (tz-aware; default the system clock; a replay of a past day passes that day's clock).
+    Nothing is loaded until :meth:`reload`.
+    """
+
+    def __init__(self, home: Home, ledger: Ledger, *, model: str | int = registry.CHAMPION,
+                 online_url: str | None = None, catalog_path=None, device: str | None = None,
+                 clock: Callable[[], datetime] | None = None):
+        self.home, self.ledger, self.model = home, ledger, model
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.catalog_path, self.device = catalog_path, device
+        self.online: OnlineStore = online_store(home, online_url)
+        self._state: ServingState | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def state(self) -> ServingState:
+        s = self._state
+        if s is None:
+            raise ServingError("not ready: no model loaded yet" + (f" ({self.last_error})" if self.last_error else ""))
+        return s
+
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def _target(self) -> tuple:
+        """What the current state should be: model version + index build, online and store versions."""
+        mv = registry.model_version(self.home, self.model)
+        live = self.online.live()
+        if not live:
+            raise ServingError(f"the online store {self.online.url} is empty: run `nba features materialize`")
+        store = TableStore(self.home.store).require_current()
+        return mv, live, store
+
+    def reload(self, force: bool = False) -> tuple[bool, str]:
+        """Load the alias's current model (and the online/store versions) when any changed, or always with
+        ``force``. Returns (switched, what happened). A new state that fails to load or to pass its checks
+        is refused with ``ServingError``; the current state keeps serving."""
+        with self._lock:
+            try:
+                mv, live, store = self._target()
+                key = (int(mv.version), mv.tags.get(INDEX_TAG), str(live.get("version")), store.name)
+                if not force and self._state is not None and self._state.key() == key:
+                    return False, "unchanged"
+                state = self._build(mv, live, store)
+            except (NBAError, OSError, ValueError, KeyError) as e:
+                self.last_error = f"{type(e).__name__}: {e}"
+                raise ServingError(f"reload refused, still serving "
+                                   f"{self._state.label if self._state else 'nothing'}: {e}") from None
+            old, self._state = self._state, state  # one reference switch
+            self.last_error = None
+            return True, (f"loaded {state.label} (index {state.build_id}, features {state.online_version})"
+                          + (f", replacing {old.label}" if old else ""))
+
+    def _build(self, mv, live: dict, store) -> ServingState:
+        snap = load_for_version(self.home, int(mv.version), mv.name, self.device)
+        b = snap.bundle
+        _check_bundle(b, int(mv.version))
+        day = _live_as_of(live)
+        if day is None:
+            raise ServingError(f"the online store's live version {live.get('version')!r} names no as_of date")
+        products = store.read("products").to_pandas()
+        catalog = load_catalog(products, self.catalog_path)
+        feats = features_at(self.home, day, store)
+        kinds = {c: ("bool" if t.kind == "b" and str(t) == "bool" else
+                     "num" if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) else "obj")
+                 for c, t in feats.dtypes.items()}
+        missing = [c for c in live.get("columns", []) if c not in kinds]
+        if missing:
+            raise ServingError(f"the online store's columns differ from the features at {day}: {missing[:5]}")
+        cohort = cohort_shares(feats, catalog)
+        hist = _store_history(store, day)
+        try:
+            run_metrics = _run_metrics(mv)
+        except Exception:  # noqa: BLE001 - metrics are informative only
+            run_metrics = {}
+        return ServingState(
+            model_name=mv.name, model_version=int(mv.version), label=f"{mv.name}/{mv.version}",
+            build_id=snap.build_id, snapshot=snap, catalog=catalog,
+            product_col=pd.Index(b.product_ids).get_indexer(catalog.products.index), day=day,
+            online_version=str(live.get("version")), store_version=store.name, cohort=cohort, kinds=kinds,
+            rows={c: i for i, c in enumerate(b.customer_ids)}, store_history=hist, meta=dict(b.meta),
+            metrics=run_metrics)
+
+    # -- reading clients ----------------------------------------------------------------------------
+
+    def features(self, customer_ids: Sequence[str], state: ServingState, rm_id: str | None = None
+                 ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """The live online features of the known clients among ``customer_ids`` (in their order), as typed
+        column arrays. With ``rm_id``, clients outside that RM's book are left out, exactly as unknown ones."""
+        docs = self.online.get_many(list(customer_ids))
+        found = [(c, d) for c, d in zip(customer_ids, docs) if d is not None and (rm_id is None or d.get("rm_id") == rm_id)]
+        ids = [c for c, _ in found]
+        cols: dict[str, np.ndarray] = {}
+        if not found:
+            return ids, cols
+        for c, kind in state.kinds.items():
+            vals = [d.get(c) for _, d in found]
+            if kind == "num":
+                cols[c] = np.array([np.nan if v is None else v for v in vals], dtype="float64")
+            elif kind == "bool":
+                cols[c] = np.array([bool(v) for v in vals], dtype=bool)
+            else:
+                cols[c] = np.array(vals, dtype=object)
+        return ids, cols
+
+    def inputs(self, ids: Sequence[str], state: ServingState) -> Inputs:
+        """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it)."""
+        b = state.bundle
+        rows = np.array([state.rows.get(c, -1) for c in ids], dtype=np.int64)
+        known = rows >= 0
+        pp = np.full((len(ids), len(state.product_col)), np.nan, np.float32)
+        churn = np.full(len(ids), np.nan, np.float32)
+        if known.any():
+            full = b.propensity(rows[known])
+            pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, state.product_col]
+            if b.churn is not None:
+                churn[known] = b.churn[rows[known]]
+        return Inputs(pp, churn, state.label)
+
+    def history(self, ids: Sequence[str], state: ServingState) -> pd.DataFrame:
+        """HISTORY_COLUMNS rows of these clients: the ledger (every source, up to now) and the store's
+        outcomes, each decision once."""
+        ledger = self.ledger.history(state.day, list(ids), days=HISTORY_DAYS)
+        h = state.store_history
+        store = h.loc[h.index.intersection(list(ids))].reset_index() if len(h) else empty_history()
+        if store.empty:
+            return ledger
+        if ledger.empty:
+            return store[list(HISTORY_COLUMNS)]
+        both = pd.concat([ledger, store[list(HISTORY_COLUMNS)]], ignore_index=True)
+        return both.drop_duplicates(["customer_id", "action_id", "decided"], keep="first")
+
+    # -- answers ------------------------------------------------------------------------------------
+
+    def next_best_action(self, customer_ids: Sequence[str], request: Request | None = None, top: int = 5,
+                         rm_id: str | None = None, record: bool = True, state: ServingState | None = None
+                         ) -> tuple[ServingState, list[dict]]:
+        """Ranked actions for each known client (:func:`nba.decision.realtime`); unknown clients, and with
+        ``rm_id`` clients outside that RM's book, are absent from the answer. Each answer's decision (its
+        top action, or the held-out one) is recorded in the ledger as an API decision, which counts as a
+        contact once an outcome says it was delivered."""
+        state, out, _, _ = self._decide(customer_ids, request, top, rm_id, record, state)
+        return state, out
+
+    def score(self, customer_ids: Sequence[str], candidates: Sequence[str] | None = None, *,
+              channel: str | None = None, rm_id: str | None = None, record: bool = True,
+              state: ServingState | None = None) -> tuple[ServingState, list[dict], list[list[dict]]]:
+        """The decision of each known client among ``candidates`` (action ids; None: all) and, per
+        candidate, its propensity, priority at the best allowed channel (None when a policy removed it)
+        and the rule that removed it. Returns (state, decisions, scores), aligned."""
+        req = Request(channel=channel, candidates=candidates)
+        state, out, d, ids = self._decide(customer_ids, req, 1, rm_id, record, state)
+        scores: list[list[dict]] = []
+        if not out or not candidates:
+            return state, out, [[] for _ in out]
+        cat = state.catalog
+        cols = [cat.index(a) for a in dict.fromkeys(candidates)]
+        names = RULES + ("request",)
+        for i in range(len(out)):
+            row = []
+            for j in cols:
+                pri = float(d["action_priority"][i, j])
+                rb = int(d["removed_by"][i, j])
+                ok = np.isfinite(pri)
+                row.append({"action_id": cat.actions[j].action_id, "propensity": round(float(d["P"][i, j]), 5),
+                            "priority": round(pri, 4) if ok else None,
+                            "channel": CHANNELS[int(d["action_channel"][i, j])] if ok else None,
+                            "removed_by": names[rb - 1] if rb else (None if ok else "not_worth_contacting")})
+            scores.append(row)
+        return state, out, scores
+
+    def _decide(self, customer_ids, request, top, rm_id, record, state):
+        state = state or self.state
+        ids, cols = self.features(customer_ids, state, rm_id)
+        if not ids:
+            return state, [], None, ids
+        out, d = realtime(cols, state.catalog, self.inputs(ids, state), state.day, self.history(ids, state),
+                          state.cohort, request, top, detail=True)
+        now = self.clock()
+        rows = []
+        for r in out:
+            r["model_version"] = state.label
+            r["as_of"] = state.day.isoformat()
+            a = r["actions"][0] if r["actions"] else None
+            held = r["held_out"]
+            r["decision_id"] = None
+            if a is None and held is None:
+                continue
+            chosen = a or held
+            r["decision_id"] = chosen["decision_id"]
+            act = state.catalog.actions[state.catalog.index(chosen["action_id"])]
+            rows.append({"decision_id": chosen["decision_id"], "date": state.day, "customer_id": r["customer_id"],
+                         "action_id": act.action_id, "action_family": act.family, "product_id": act.product_id,
+                         "channel": a["channel"] if a else act.channels[0], "control_group": held is not None,
+                         "model_version": state.label})
+        if record and rows:
+            self.ledger.record_decisions(rows, source="api", decided_at=now)
+        return state, out, d, ids
+
+    def recommendations(self, customer_id: str, k: int, rm_id: str | None = None,
+                        state: ServingState | None = None) -> tuple[ServingState, dict | None]:
+        """Top-``k`` products for one client after the policies a product offer must pass (eligibility,
+        already held, suitability, open complaint, marketing consent on some channel), by calibrated
+        propensity (P(opens within 90 days)). None for an unknown client."""
+        state = state or self.state
+        ids, cols = self.features([customer_id], state, rm_id)
+        if not ids:
+            return state, None
+        inputs = self.inputs(ids, state)
+        hist = _History(empty_history(), pd.Index(ids), state.catalog, state.day)
+        d = score(cols, state.catalog, inputs, hist, state.day)
+        rb = d["removed_by"][0]
+        blocking = {RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability", "complaint_first",
+                                                  "consent")}
+        best: dict[str, dict] = {}
+        for j, a in enumerate(state.catalog.actions):
+            if a.family != "product_offer":
+                continue
+            ok = rb[j] not in blocking
+            p = float(d["P"][0, j])
+            cur = best.get(a.product_id)
+            if cur is None or (ok and not cur["_ok"]):
+                best[a.product_id] = {"_ok": ok, "product_id": a.product_id, "propensity": p,
+                                      "removed_by": None if ok else RULES[rb[j] - 1]}
+        ranked = sorted((v for v in best.values() if v["_ok"]), key=lambda v: -v["propensity"])[:k]
+        names = state.catalog.products["name"] if "name" in state.catalog.products else None
+        items = [{"rank": i + 1, "product_id": v["product_id"],
+                  "name": str(names[v["product_id"]]) if names is not None else v["product_id"],
+                  "propensity": round(v["propensity"], 5)} for i, v in enumerate(ranked)]
+        removed = {v["product_id"]: v["removed_by"] for v in best.values() if not v["_ok"]}
+        return state, {"customer_id": customer_id, "as_of": state.day.isoformat(), "model_version": state.label,
+                       "recommendations": items, "removed": removed}
+
+    def lookalike(self, seeds: Sequence[str], n: int, *, method: str = "nearest", channel: str | None = None,
+                  product_id: str | None = None, exclude: Sequence[str] = (), rm_id: str | None = None,
+                  state: ServingState | None = None) -> tuple[ServingState, dict]:
+        """Up to ``n`` clients most similar to the seeds (cosine of the model's embeddings, FAISS), filtered:
+        ``channel`` (consent on that channel and for marketing), ``product_id`` (suitable for its offer:
+        eligibility, not held, suitability, no open complaint), ``exclude`` (suppressed ids), ``rm_id``
+        (only that book: seeds outside it count as unknown). Fetches 4x, then more, until ``n`` pass."""
+        from .retrieval import Retriever
+        state = state or self.state
+        snap = state.snapshot
+        seeds = list(dict.fromkeys(seeds))
+        if rm_id is not None:
+            seeds, _ = self.features(seeds, state, rm_id)
+        if not seeds:
+            return state, {"audience": [], "unknown_seeds": [], "seeds_used": 0}
+        retr = Retriever.of(snap)  # the state's snapshot, without resolving the alias again
+        if channel is not None and channel not in CHANNELS:
+            raise ServingError(f"unknown channel {channel!r} (one of {', '.join(CHANNELS)})")
+        offer = None
+        if product_id is not None:
+            offers = [j for j, a in enumerate(state.catalog.actions) if a.product_id == product_id]
+            if not offers:
+                raise ServingError(f"unknown product_id {product_id!r}")
+            offer = offers[0]
+        want = n
+        fetch = n if channel is None and offer is None and rm_id is None else min(4 * n, len(state.rows))
+        while True:
+            res = retr.lookalike(seeds, fetch, method=method, exclude=exclude)
+            aud = res.audience
+            keep = np.ones(len(aud), bool)
+            if len(aud) and (channel is not None or offer is not None or rm_id is not None):
+                ids, cols = self.features(aud["customer_id"].tolist(), state, rm_id)
+                ok = pd.Series(False, index=aud["customer_id"])
+                if ids:
+                    passed = np.ones(len(ids), bool)
+                    if channel is not None:
+                        passed &= cols[f"consent_{channel}"].astype(bool) & cols["consent_marketing"].astype(bool)
+                    if offer is not None:
+                        hist = _History(empty_history(), pd.Index(ids), state.catalog, state.day)
+                        d = score(cols, state.catalog, self.inputs(ids, state), hist, state.day)
+                        passed &= ~np.isin(d["removed_by"][:, offer],
+                                           [RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability",
+                                                                         "complaint_first")])
+                    ok.loc[np.asarray(ids, dtype=object)[passed]] = True
+                keep = ok.reindex(aud["customer_id"]).fillna(False).to_numpy()
+            aud = aud[keep]
+            if len(aud) >= want or fetch >= len(state.rows) or len(res.audience) < fetch:
+                break
+            fetch = min(fetch * 4, len(state.rows))
+        aud = aud.head(want).reset_index(drop=True)
+        aud["rank"] = np.arange(1, len(aud) + 1)
+        return state, {"audience": [{"rank": int(r.rank), "customer_id": r.customer_id,
+                                     "similarity": round(float(r.similarity), 6)} for r in aud.itertuples()],
+                       "unknown_seeds": res.unknown_seeds, "seeds_used": res.seeds_used}
+
+    def close(self) -> None:
+        self.online.close()
+
+
+def _check_bundle(b: Bundle, version: int) -> None:
+    """Refuse a bundle whose scores are not finite (NaN or inf weights), or without calibration."""
+    for name, arr in (("user embeddings", b.user_emb), ("item embeddings", b.item_emb), ("item bias", b.item_bias)):
+        if not np.isfinite(arr).all():
+            raise BundleError(f"model version {version}: {name} contain NaN or infinite values")
+    sample = np.arange(min(len(b.customer_ids), 256))
+    if len(sample) and not np.isfinite(b.propensity(sample)).all():
+        raise BundleError(f"model version {version}: propensities are not finite")
+
+
+def _store_history(version, day: date) -> pd.DataFrame:
+    """The store's outcomes of the last HISTORY_DAYS (up to now) as HISTORY_COLUMNS, indexed by client."""
+    rows = decision_outcomes(version, day - timedelta(days=HISTORY_DAYS), day + timedelta(days=1))
+    if not len(rows):
+        return empty_history().set_index("customer_id")
+    return pd.DataFrame({
+        "customer_id": rows["customer_id"].astype(str), "action_id": rows["action_id"],
+        "action_family": rows["action_family"], "decided": rows["decided_date"], "outcome": rows["outcome"],
+        "outcome_date": rows["outcome_date"], "control_group": False}).set_index("customer_id").sort_index()
+
+
+def _run_metrics(mv) -> dict:
+    from mlflow import MlflowClient
+    run = MlflowClient().get_run(mv.run_id) if mv.run_id else None
+    return {k: float(v) for k, v in (run.data.metrics if run else {}).items()}
+
+
+__all__ = ["DecisionService", "ServingState", "ServingError"]

@@ -1,0 +1,443 @@
+"""The scoring API (issue 15): endpoints, scopes and the RM isolation matrix, limits, the one contact
+ledger shared with the daily run, API decisions equal to the daily engine's, hot reload under load,
+broken-bundle refusal, idempotent outcomes and audit records."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, time, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from apps.api.app import create_app
+from apps.api.security import KeyStore
+from apps.api.settings import ServingSettings
+from bundle import registry
+from feature_store.ledger import Ledger
+from feature_store.materialize import features_at, materialize
+from feature_store.store import TableStore
+from nba.catalog import load_catalog
+from nba.config import CONFIG_DIR
+from nba.decision import _History, cohort_shares, control_draw, options
+from nba.home import Home
+from serving.daily import history as daily_history
+from serving.daily import model_inputs, read_day, run_daily
+from serving.retrieval import build_for_version
+from tests.conftest import AS_OF
+
+SETTINGS = ServingSettings(max_batch=50, max_body_bytes=4096, rate_limit="100000/minute",
+                           reload_poll_seconds=0)
+
+
+@pytest.fixture(scope="module")
+def home(bank, tmp_path_factory) -> Home:
+    """A trained home: features materialized and online at AS_OF, the champion (v1) with indexes, and a
+    second version (v2, not promoted) for reload tests."""
+    from feature_store.ingest import ingest
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    h = Home.resolve(tmp_path_factory.mktemp("apihome")).ensure()
+    ingest(bank, TableStore(h.store))
+    materialize(h)
+    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=2"])[0]
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=True)
+    build_for_version(h, 1)
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=False)
+    build_for_version(h, 2)
+    registry.promote(h, 1)
+    return h
+
+
+@pytest.fixture(scope="module")
+def keys(home) -> dict:
+    ks = KeyStore.open(home)
+    feats = features_at(home, AS_OF)
+    rm = feats["rm_id"].value_counts().index[0]
+    out = {"rm_id": rm}
+    for scope, rm_id in (("campaign", None), ("rm", rm), ("admin", None)):
+        out[scope] = ks.create(scope, rm_id=rm_id, label=f"test {scope}")[1]
+    out["own"] = feats.loc[feats.rm_id == rm, "customer_id"].tolist()
+    out["other"] = feats.loc[feats.rm_id != rm, "customer_id"].tolist()
+    return out
+
+
+def CLOCK() -> datetime:
+    """The API's clock in these tests: noon (UTC) of the synthetic bank's day."""
+    return datetime.combine(AS_OF, time(12), tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def client(home, keys):
+    app = create_app(home, SETTINGS, clock=CLOCK)
+    with TestClient(app) as c:
+        yield c
+
+
+def H(key: str, **extra) -> dict:
+    return {"X-API-Key": key, **extra}
+
+
+def nba(client, key, cid, **body):
+    return client.post("/v1/next-best-action", json={"customer_id": cid, **body}, headers=H(key))
+
+
+# -------------------------------------------------------------------------------------------------
+# Operations, auth, limits
+
+
+def test_health_ready_model_and_metrics(client, keys):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["model_version"].endswith("/1")
+    m = client.get("/v1/model", headers=H(keys["campaign"])).json()
+    assert m["model_version"] == 1 and m["features_as_of"] == str(AS_OF) and m["index_build"]
+    text = client.get("/metrics").text
+    assert "nba_requests_total" in text and "nba_reloads_total" in text
+
+
+def test_not_ready_until_a_model_is_loaded(tmp_path):
+    h = Home.resolve(tmp_path / "empty").ensure()
+    with TestClient(create_app(h, SETTINGS)) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "not ready"
+        assert c.get("/openapi.json").status_code == 200
+
+
+def test_keys_and_scopes(client, keys):
+    cid = keys["own"][0]
+    assert nba(client, "", cid).status_code == 401
+    assert client.post("/v1/next-best-action", json={"customer_id": cid}).status_code == 401
+    assert nba(client, "nba_000000000000_" + "x" * 43, cid).status_code == 401
+    assert nba(client, keys["admin"], cid).status_code == 403           # admin reads no client data
+    assert client.post("/v1/admin/reload", headers=H(keys["campaign"])).status_code == 403
+    assert client.post("/v1/admin/reload", headers=H(keys["admin"])).status_code == 200
+    assert nba(client, keys["campaign"], cid).status_code == 200
+
+
+def test_rm_sees_only_its_book_everywhere(client, keys):
+    rm, own, other = keys["rm"], keys["own"][0], keys["other"][0]
+    assert nba(client, rm, own).status_code == 200
+    outside, unknown = nba(client, rm, other), nba(client, rm, "NO-SUCH-CLIENT")
+    assert outside.status_code == unknown.status_code == 404 and outside.json() == unknown.json()
+    r1 = client.get(f"/v1/clients/{other}/recommendations", headers=H(rm))
+    r2 = client.get("/v1/clients/NO-SUCH-CLIENT/recommendations", headers=H(rm))
+    assert r1.status_code == r2.status_code == 404 and r1.json() == r2.json()
+    assert client.get(f"/v1/clients/{own}/recommendations", headers=H(rm)).status_code == 200
+    s = client.post("/v1/score", json={"customer_ids": [own, other]}, headers=H(rm)).json()
+    assert [r["customer_id"] for r in s["results"]] == [own] and s["unknown"] == [other]
+    lk = client.post("/v1/audiences/lookalike", json={"seed_customer_ids": keys["own"][:5], "size": 20},
+                     headers=H(rm)).json()
+    assert lk["audience"] and set(m["customer_id"] for m in lk["audience"]) <= set(keys["own"])
+    # An outcome for a decision about another RM's client: exactly an unknown decision.
+    d = nba(client, keys["campaign"], other).json()["decision_id"]
+    if d:
+        o1 = client.post("/v1/outcomes", json={"decision_id": d, "outcome": "shown"},
+                         headers=H(rm, **{"Idempotency-Key": "rm-x"}))
+        o2 = client.post("/v1/outcomes", json={"decision_id": "N-nope", "outcome": "shown"},
+                         headers=H(rm, **{"Idempotency-Key": "rm-y"}))
+        assert o1.status_code == o2.status_code == 404 and o1.json() == o2.json()
+
+
+def test_limits_body_batch_and_rate(home, keys, client):
+    big = {"customer_ids": ["C" * 100] * 200}
+    r = client.post("/v1/score", json=big, headers=H(keys["campaign"]))
+    assert r.status_code == 413
+    r = client.post("/v1/score", json={"customer_ids": [f"C{i}" for i in range(51)]}, headers=H(keys["campaign"]))
+    assert r.status_code == 422 and "at most 50" in r.text and "max_batch" in r.text
+    slow = SETTINGS.model_copy(update={"rate_limit": "3/minute"})
+    with TestClient(create_app(home, slow, clock=CLOCK)) as c:
+        codes = [nba(c, keys["campaign"], keys["own"][0]).status_code for _ in range(4)]
+        assert codes[:3] == [200] * 3 and codes[3] == 429
+        r = nba(c, keys["campaign"], keys["own"][0])
+        assert int(r.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"customer_id": ""}, "customer_id"),
+    ({"customer_id": "C1", "top": 0}, "top"),
+    ({"customer_id": "C1", "context": {"channel": "fax"}}, "channel"),
+    ({"customer_id": "C1", "surprise": 1}, "surprise"),
+    ({"customer_id": 12}, "customer_id"),
+])
+def test_bad_input_is_a_422_naming_the_field(client, keys, body, field):
+    r = client.post("/v1/next-best-action", json=body, headers=H(keys["campaign"]))
+    assert r.status_code == 422 and field in r.text
+
+
+# -------------------------------------------------------------------------------------------------
+# Decisions
+
+
+def test_next_best_action_answer_and_context(client, keys, home):
+    cid = keys["own"][1]
+    r = nba(client, keys["campaign"], cid, top=5, context={"campaign_id": "spring"})
+    assert r.status_code == 200
+    d = r.json()
+    assert d["customer_id"] == cid and d["as_of"] == str(AS_OF) and d["campaign_id"] == "spring"
+    assert d["model_version"].endswith("/1") and len(d["feature_hash"]) == 12
+    assert set(d["policy_trace"]) >= {"eligibility", "consent", "passed", "chosen"}
+    pri = [a["priority"] for a in d["actions"]]
+    assert pri == sorted(pri, reverse=True)
+    for a in d["actions"]:
+        assert a["talking_points"] and a["reasons"] and a["action_id"] in d["policy_trace"]["passed"]
+    # On an inbound phone call only phone-deliverable actions; candidates and exclusions are honoured.
+    for c in keys["own"][:40]:
+        p = nba(client, keys["campaign"], c, context={"channel": "phone"}).json()
+        assert all(a["channel"] == "phone" for a in p["actions"])
+        if len(p["actions"]) >= 2:
+            first = p["actions"][0]["action_id"]
+            ex = nba(client, keys["campaign"], c, context={"channel": "phone", "exclude": [first]}).json()
+            assert first not in [a["action_id"] for a in ex["actions"]] and first in ex["policy_trace"]["request"]
+            only = nba(client, keys["campaign"], c, context={"candidates": [p["actions"][1]["action_id"]]}).json()
+            assert [a["action_id"] for a in only["actions"]] in ([p["actions"][1]["action_id"]], [])
+            break
+    unknown = nba(client, keys["campaign"], cid, context={"candidates": ["offer:NOPE"]})
+    assert unknown.status_code == 422 and "offer:NOPE" in unknown.text
+
+
+def test_score_batch_with_candidates(client, keys):
+    ids = keys["own"][:10] + ["NO-SUCH"]
+    r = client.post("/v1/score", json={"customer_ids": ids, "candidates": ["CARD-GOLD", "care:birthday"]},
+                    headers=H(keys["campaign"]))
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["unknown"] == ["NO-SUCH"] and len(s["results"]) == 10
+    for res in s["results"]:
+        got = {x["action_id"] for x in res["scores"]}
+        assert "care:birthday" in got and any(a.startswith("offer:CARD-GOLD") for a in got)
+        for x in res["scores"]:
+            assert (x["priority"] is None) == (x["removed_by"] is not None)
+        for a in res["decision"]["actions"]:
+            assert a["action_id"] in got
+
+
+def test_recommendations_follow_the_policies(client, keys, home):
+    cid = keys["own"][2]
+    r = client.get(f"/v1/clients/{cid}/recommendations?k=3", headers=H(keys["campaign"]))
+    assert r.status_code == 200
+    rec = r.json()
+    assert len(rec["recommendations"]) <= 3
+    held = features_at(home, AS_OF).set_index("customer_id").loc[cid, "held_products"] or ""
+    assert not {x["product_id"] for x in rec["recommendations"]} & set(str(held).split("|"))
+    assert set(held.split("|")) - {""} <= {p for p, why in rec["removed"].items() if why == "already_held"}
+    p = [x["propensity"] for x in rec["recommendations"]]
+    assert p == sorted(p, reverse=True)
+    assert client.get(f"/v1/clients/{cid}/recommendations?k=0", headers=H(keys["campaign"])).status_code == 422
+
+
+def test_lookalike_filters(client, keys, home):
+    feats = features_at(home, AS_OF).set_index("customer_id")
+    seeds = keys["own"][:10]
+    r = client.post("/v1/audiences/lookalike", headers=H(keys["campaign"]), json={
+        "seed_customer_ids": seeds, "size": 50, "filters": {"channel": "email", "exclude": keys["other"][:100]}})
+    assert r.status_code == 200, r.text
+    aud = [m["customer_id"] for m in r.json()["audience"]]
+    assert len(aud) == 50 and not set(aud) & set(seeds) and not set(aud) & set(keys["other"][:100])
+    assert feats.loc[aud, "consent_email"].all() and feats.loc[aud, "consent_marketing"].all()
+    r = client.post("/v1/audiences/lookalike", headers=H(keys["campaign"]), json={
+        "seed_customer_ids": seeds, "size": 30, "filters": {"product_id": "MORTGAGE"}})
+    aud = [m["customer_id"] for m in r.json()["audience"]]
+    assert aud and not any("MORTGAGE" in str(feats.loc[c, "held_products"]).split("|") for c in aud)
+    bad = client.post("/v1/audiences/lookalike", headers=H(keys["campaign"]),
+                      json={"seed_customer_ids": seeds, "size": 10, "filters": {"product_id": "NOPE"}})
+    assert bad.status_code == 422 and "product_id" in bad.text
+
+
+def test_api_decisions_equal_the_daily_engines(home, keys, client):
+    """Same client, date and model: the API's top action is the daily engine's best option before the
+    book-level capacity assignment; reasons, talking points and the feature hash are the same."""
+    version = TableStore(home.store).require_current()
+    catalog = load_catalog(version.read("products").to_pandas())
+    feats = features_at(home, AS_OF, version)
+    mv = registry.model_version(home, "champion")
+    inputs = model_inputs(registry.bundle_of(home, mv), feats, catalog, f"{mv.name}/{mv.version}")
+    hist_df = daily_history(home, version, AS_OF)
+    ids = pd.Index(feats["customer_id"].astype(str))
+    opt = options(feats, catalog, inputs, _History(hist_df, ids, catalog, AS_OF), AS_OF)
+    sample = np.random.default_rng(0).choice(len(feats), 60, replace=False)
+    api = {}
+    for i in sample:
+        cid = ids[i]
+        d = nba(client, keys["campaign"], cid).json()
+        api[cid] = d
+        ip, dg = opt.ip_p[i], opt.dg_p[i]
+        if not np.isfinite(ip) and not np.isfinite(dg):
+            assert not d["actions"] and not d["control_group"]
+            continue
+        j = opt.ip_a[i] if ip > dg else opt.dg_a[i]
+        want = catalog.actions[j]
+        got = d["actions"][0]["action_id"] if d["actions"] else d["held_out"]["action_id"]
+        assert got == want.action_id, cid
+        share = catalog.policy.control_share.get(want.family, 0)
+        assert d["control_group"] == bool(control_draw(np.array([cid]), np.array([want.family]), AS_OF)[0] < share)
+    # The daily run on the same day: where it gave the client that same action, everything matches.
+    res = run_daily(home, AS_OF, force=True)
+    day = res.decisions.set_index("customer_id")
+    compared = 0
+    for cid, d in api.items():
+        if cid in day.index and d["actions"] and day.loc[cid, "action_id"] == d["actions"][0]["action_id"]:
+            row, a = day.loc[cid], d["actions"][0]
+            assert row["feature_hash"] == d["feature_hash"]
+            assert row["reasons"].split("|") == a["reasons"]
+            assert row["talking_points"].split(" || ") == a["talking_points"]
+            assert row["decision_id"] == a["decision_id"]
+            assert abs(row["propensity"] - a["propensity"]) < 1e-5
+            compared += 1
+    assert compared >= 5
+
+
+# -------------------------------------------------------------------------------------------------
+# Outcomes, the ledger, audit
+
+
+def _outcome(client, key, decision_id, outcome, idem, **extra):
+    return client.post("/v1/outcomes", json={"decision_id": decision_id, "outcome": outcome, **extra},
+                       headers=H(key, **{"Idempotency-Key": idem}))
+
+
+def _at(day: date, hour: int = 12) -> str:
+    return datetime.combine(day, time(hour), tzinfo=timezone.utc).isoformat()
+
+
+def test_outcomes_are_idempotent_and_validated(client, keys):
+    d = None
+    for cid in keys["own"][10:60]:
+        d = nba(client, keys["campaign"], cid).json()["decision_id"]
+        if d:
+            break
+    assert d
+    first = _outcome(client, keys["campaign"], d, "shown", "k-1", outcome_at=_at(AS_OF))
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    again = _outcome(client, keys["campaign"], d, "shown", "k-1", outcome_at=_at(AS_OF))
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    assert again.json()["recorded_at"] == first.json()["recorded_at"]
+    assert _outcome(client, keys["campaign"], d, "accepted", "k-1", outcome_at=_at(AS_OF)).status_code == 409
+    assert _outcome(client, keys["campaign"], "N-unknown", "shown", "k-2").status_code == 404
+    assert _outcome(client, keys["campaign"], d, "bought", "k-3").status_code == 422
+    r = _outcome(client, keys["campaign"], d, "reached", "k-4", reason="busy")
+    assert r.status_code == 422 and "reason" in r.text
+    r = _outcome(client, keys["campaign"], d, "reached", "k-5", outcome_at="2999-01-01T00:00:00+00:00")
+    assert r.status_code == 422 and "outcome_at" in r.text
+    r = client.post("/v1/outcomes", json={"decision_id": d, "outcome": "shown"}, headers=H(keys["campaign"]))
+    assert r.status_code == 422 and "Idempotency-Key" in r.text
+
+
+def test_one_ledger_for_the_api_and_the_daily_run(home, keys, client):
+    """An API contact today counts towards tomorrow's daily contact cap; an API decline starts the
+    cooldown for the API and for the daily run."""
+    feats = features_at(home, AS_OF).set_index("customer_id")
+    cap = load_catalog(TableStore(home.store).require_current().read("products").to_pandas()).policy.max_contacts_per_30d
+    tomorrow = AS_OF + timedelta(days=1)
+    # A client one contact below the cap, who gets an action from the API today.
+    capped = declined = None
+    for cid in keys["own"][60:] + keys["other"]:
+        if capped and declined:
+            break
+        d = nba(client, keys["campaign"], cid).json()
+        if not d["actions"] or d["control_group"]:
+            continue
+        if capped is None and feats.loc[cid, "outbound_30d"] == cap - 1:
+            capped = (cid, d)
+        elif declined is None and d["actions"][0]["action_family"] == "product_offer":
+            declined = (cid, d)
+    assert capped and declined
+    cid, d = capped
+    assert _outcome(client, keys["campaign"], d["decision_id"], "reached", "cap-1", outcome_at=_at(AS_OF)).status_code == 200
+    cid2, d2 = declined
+    action = d2["actions"][0]["action_id"]
+    r = _outcome(client, keys["campaign"], d2["decision_id"], "declined", "dec-1", reason="not interested",
+                 outcome_at=_at(AS_OF))
+    assert r.status_code == 200
+    # The API, later the same day: the declined offer is in cooldown.
+    again = nba(client, keys["campaign"], cid2).json()
+    assert action not in [a["action_id"] for a in again["actions"]]
+    assert action in again["policy_trace"]["cooldown"]
+    # Tomorrow's daily list: the capped client is left out, the declined offer is not proposed.
+    res = run_daily(home, tomorrow, force=True)
+    trace = res.decisions.set_index("customer_id")
+    assert cid not in trace.index or trace.loc[cid, "control_group"]
+    if cid2 in trace.index:
+        assert trace.loc[cid2, "action_id"] != action
+
+
+def test_audit_records_every_client_read(home, keys, client):
+    cid = keys["own"][3]
+    nba(client, keys["campaign"], cid)
+    eng = sa.create_engine(f"sqlite:///{home.root / 'ledger.sqlite'}")
+    with eng.connect() as c:
+        rows = c.execute(sa.text("SELECT key_id, customer_id, endpoint, model_version FROM audit "
+                                 "WHERE customer_id = :c"), {"c": cid}).fetchall()
+    kid = keys["campaign"].split("_")[1]
+    assert any(r[0] == kid and r[2] == "next-best-action" and r[3].endswith("/1") for r in rows)
+
+
+# -------------------------------------------------------------------------------------------------
+# Reload
+
+
+def test_hot_reload_under_concurrent_requests(home, keys, client):
+    ids = keys["own"][:20]
+    failures, answered, stop = [], [], threading.Event()
+
+    def hammer():
+        i = 0
+        while not stop.is_set():
+            r = nba(client, keys["campaign"], ids[i % len(ids)])
+            if r.status_code != 200:
+                failures.append((r.status_code, r.text[:200]))
+            else:
+                answered.append(r.json()["model_version"])
+            i += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(6):
+            registry.promote(home, 2 if k % 2 == 0 else 1)
+            r = client.post("/v1/admin/reload", headers=H(keys["admin"]))
+            assert r.status_code == 200 and r.json()["switched"], r.text
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        registry.promote(home, 1)
+        client.post("/v1/admin/reload", headers=H(keys["admin"]))
+    assert not failures and len(answered) > 20
+    assert {v.split("/")[-1] for v in answered} == {"1", "2"}
+
+
+def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(home, keys, client):
+    import json as _json
+    mv = registry.model_version(home, 2)
+    b = registry.bundle_of(home, mv)
+    meta_file = b.path / "bundle.json"
+    saved = meta_file.read_text()
+    try:
+        meta = _json.loads(saved)
+        meta["schema_version"] = 99
+        meta_file.write_text(_json.dumps(meta))
+        registry.promote(home, 2)
+        r = client.post("/v1/admin/reload", headers=H(keys["admin"]))
+        assert r.status_code == 409 and "schema version" in r.text
+        assert nba(client, keys["campaign"], keys["own"][0]).json()["model_version"].endswith("/1")
+        assert 'nba_reloads_total{result="refused"}' in client.get("/metrics").text
+        # NaN scores are refused too.
+        meta_file.write_text(saved)
+        emb = dict(np.load(b.path / "embeddings.npz"))
+        emb_saved = {k: v.copy() for k, v in emb.items()}
+        emb["users"][0, 0] = np.nan
+        np.savez(b.path / "embeddings.npz", **emb)
+        r = client.post("/v1/admin/reload", headers=H(keys["admin"]))
+        assert r.status_code == 409 and "NaN" in r.text
+        np.savez(b.path / "embeddings.npz", **emb_saved)
+    finally:
+        meta_file.write_text(saved)
+        registry.promote(home, 1)
+        client.post("/v1/admin/reload", headers=H(keys["admin"]))
