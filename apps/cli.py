@@ -46,6 +46,9 @@ app.add_typer(index_app, name="index")
 from apps.api.keys_cli import keys_app  # noqa: E402 - after the app it joins
 
 app.add_typer(keys_app, name="keys")
+outcomes_app = typer.Typer(help="Outcomes of decisions: the contact ledger and its export to the store.",
+                           no_args_is_help=True)
+app.add_typer(outcomes_app, name="outcomes")
 
 out = Console()
 err = Console(stderr=True)
@@ -454,6 +457,50 @@ def bench_recsys(
 # nba demo
 
 
+@outcomes_app.command("export")
+def outcomes_export(
+    ledger_url: Annotated[str | None, typer.Option(
+        "--ledger-url", help="Serving database (default: $NBA_LEDGER_URL, else SQLite in NBA_HOME).",
+        show_default=False)] = None,
+) -> None:
+    """Append the ledger's new outcomes (API, workbench) to the store's action_outcomes: one store
+    version, so they become training labels and features."""
+    from feature_store.ledger import Ledger
+    from feature_store.store import TableStore
+
+    home = state.home.ensure()
+    with Ledger.open(home, ledger_url) as ledger:
+        v = ledger.export_outcomes(TableStore(home.store))
+    out.print("no new outcomes in the ledger" if v is None else f"outcomes exported: store version {v.name} is live")
+
+
+@outcomes_app.command("summary")
+def outcomes_summary(
+    ledger_url: Annotated[str | None, typer.Option(
+        "--ledger-url", help="Serving database (default: $NBA_LEDGER_URL, else SQLite in NBA_HOME).",
+        show_default=False)] = None,
+) -> None:
+    """Decisions and outcomes in the ledger, by source and outcome."""
+    import sqlalchemy as sa
+
+    from feature_store.ledger import Ledger
+
+    home = state.home.ensure()
+    with Ledger.open(home, ledger_url) as ledger, ledger.engine.connect() as c:
+        dec = c.execute(sa.text("SELECT source, COUNT(*), SUM(CASE WHEN contact THEN 1 ELSE 0 END) "
+                                "FROM decisions GROUP BY source ORDER BY source")).fetchall()
+        outc = c.execute(sa.text("SELECT outcome, COUNT(*), SUM(CASE WHEN exported_version IS NULL THEN 1 ELSE 0 "
+                                 "END) FROM outcomes GROUP BY outcome ORDER BY outcome")).fetchall()
+    t = RichTable("decisions from", "rows", "contacts", title="contact ledger")
+    for source, n, contacts in dec:
+        t.add_row(str(source), f"{n:,}", f"{int(contacts or 0):,}")
+    out.print(t)
+    t = RichTable("outcome", "rows", "not yet exported", title="outcomes")
+    for outcome, n, pending in outc:
+        t.add_row(str(outcome), f"{n:,}", f"{int(pending or 0):,}")
+    out.print(t)
+
+
 @app.command("serve")
 def serve_api(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
@@ -518,6 +565,8 @@ def demo(
     out.rule(f"[bold]7. next best actions for {latest}: every client decided, RM lists written")
     daily(day=latest.isoformat(), model_version="champion", catalog=None, ray_address=None, force=False)
     _demo_rm_list(home, latest)
+    out.rule("[bold]8. scoring API: keys, a real-time decision, a batch, lookalikes, outcomes back to the store")
+    _demo_api(home)
     out.print(f"[green]demo complete[/green]: everything lives in {home.root}; MLflow UI: "
               f"mlflow ui --backend-store-uri sqlite:///{home.mlflow_db}")
 
@@ -538,6 +587,126 @@ def _demo_retrieval(home: Home) -> None:
     in_aud = np.isin(r.snapshot.customers.row_of(res.audience["customer_id"].tolist()), list(holders)).mean()
     out.print(f"lookalike audience of {len(res.audience):,} for {len(seeds)} holders of {bundle.product_ids[rare]}: "
               f"{in_aud:.1%} of it already holds the product (base rate {len(holders) / len(ids):.1%})")
+
+
+def _demo_api(home: Home) -> None:
+    """Start the API on uvicorn in this process (a free loopback port), call it as a campaign system, an
+    inbound-call tool and an RM would, then export the outcomes to the store."""
+    import socket
+    import threading
+    import time
+    from datetime import datetime
+    from datetime import time as clock_time
+    from zoneinfo import ZoneInfo
+
+    import httpx
+    import uvicorn
+
+    from apps.api.app import create_app
+    from apps.api.security import KeyStore
+    from feature_store.ledger import Ledger
+    from feature_store.materialize import _live_as_of, features_at, online_store
+    from feature_store.store import TableStore
+    from nba.bank import load_bank_config
+
+    keys = KeyStore.open(home)
+    version = TableStore(home.store).require_current()
+    day = _live_as_of(online_store(home).live())
+    feats = features_at(home, day, version)
+    rm_id = feats["rm_id"].value_counts().index[0]
+    campaign = keys.create("campaign", label="demo campaign system")[1]
+    rm_key = keys.create("rm", rm_id=rm_id, label=f"demo {rm_id}")[1]
+    out.print(f"API keys made (shown once, stored hashed): campaign, and rm for {rm_id}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Decisions are recorded at noon of the features' day, in the bank's zone (the demo's data is current).
+    noon = datetime.combine(day, clock_time(12), tzinfo=ZoneInfo(load_bank_config().time_zone))
+    server = uvicorn.Server(uvicorn.Config(create_app(home, poll=False, clock=lambda: noon), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            while True:
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.perf_counter() - t0 > 120:
+                    raise NBAError("the API did not become ready in 120 s")
+                time.sleep(0.2)
+            out.print(f"uvicorn on {base}: ready in {time.perf_counter() - t0:.1f} s (OpenAPI docs at {base}/docs)")
+            mine = feats.loc[feats.rm_id == rm_id, "customer_id"].tolist()
+            other = feats.loc[feats.rm_id != rm_id, "customer_id"].iloc[0]
+            for cid in mine[:200]:  # an inbound call from a client with something to talk about
+                t = time.perf_counter()
+                d = http.post("/v1/next-best-action", headers={"X-API-Key": campaign},
+                              json={"customer_id": cid, "context": {"channel": "phone"}, "top": 3}).json()
+                ms = (time.perf_counter() - t) * 1000
+                if len(d["actions"]) >= 2:
+                    break
+            tab = RichTable("rank", "action", "channel", "priority", "talking points",
+                            title=f"inbound call from {cid} ({ms:.0f} ms; model {d['model_version']}, "
+                                  f"features of {d['as_of']})")
+            for a in d["actions"]:
+                tab.add_row(str(a["rank"]), a["action_id"], a["channel"], f"{a['priority']:,.1f}",
+                            "\n".join(a["talking_points"]))
+            out.print(tab)
+            if d["control_group"]:
+                out.print(f"{cid} is in today's control group for {d['held_out']['action_family']}: no action")
+            batch = feats["customer_id"].head(1000).tolist()
+            t = time.perf_counter()
+            s = http.post("/v1/score", headers={"X-API-Key": campaign}, json={"customer_ids": batch}).json()
+            ms = (time.perf_counter() - t) * 1000
+            fams: dict[str, int] = {}
+            for r in s["results"]:
+                d0 = r["decision"]
+                fam = ("control group" if d0["control_group"] else
+                       d0["actions"][0]["action_family"] if d0["actions"] else "no action")
+                fams[fam] = fams.get(fam, 0) + 1
+            out.print(f"POST /v1/score: {len(s['results']):,} clients decided in {ms:.0f} ms: "
+                      + ", ".join(f"{k} {v:,}" for k, v in sorted(fams.items())))
+            lk = http.post("/v1/audiences/lookalike", headers={"X-API-Key": campaign},
+                           json={"seed_customer_ids": mine[:20], "size": 200,
+                                 "filters": {"channel": "email"}}).json()
+            out.print(f"lookalike audience: {len(lk['audience'])} clients like {len(mine[:20])} of {rm_id}'s "
+                      f"clients, all with email and marketing consent")
+            rec = http.get(f"/v1/clients/{cid}/recommendations?k=3", headers={"X-API-Key": rm_key}).json()
+            out.print(f"{rm_id}'s own client {cid}: top products "
+                      + ", ".join(f"{r['product_id']} ({r['propensity']:.1%})" for r in rec["recommendations"]))
+            r404 = http.get(f"/v1/clients/{other}/recommendations", headers={"X-API-Key": rm_key})
+            out.print(f"{rm_id} asking for a client outside the book: HTTP {r404.status_code} (as an unknown client)")
+            recorded = 0
+            for i, c in enumerate(mine[:30]):
+                dd = http.post("/v1/next-best-action", headers={"X-API-Key": campaign}, json={"customer_id": c}).json()
+                if not dd["actions"]:
+                    continue
+                outcome = ("accepted", "declined", "reached")[i % 3]
+                body = {"decision_id": dd["decision_id"], "outcome": outcome}
+                if outcome == "declined":
+                    body["reason"] = "not now"
+                key = f"demo-{dd['decision_id']}-{outcome}"
+                for _ in range(2):  # a retry with the same Idempotency-Key is answered from the stored outcome
+                    ack = http.post("/v1/outcomes", headers={"X-API-Key": campaign, "Idempotency-Key": key},
+                                    json=body)
+                    ack.raise_for_status()
+                recorded += 1
+            out.print(f"{recorded} outcomes recorded through the API (each sent twice: stored once)")
+            metrics = http.get("/metrics").text
+            n = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    if line.startswith("nba_decisions_total{"))
+            out.print(f"/metrics: {n:.0f} decisions answered so far, Prometheus text format")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    with Ledger.open(home) as ledger:
+        v = ledger.export_outcomes(TableStore(home.store))
+    out.print(f"outcomes exported from the ledger to the store: version {v.name if v else '(none)'} is live; "
+              f"the next training and features read them")
 
 
 def _demo_rm_list(home: Home, day) -> None:

@@ -44,9 +44,10 @@ are taken as UTC. Days are the bank's calendar days (``configs/bank.yaml``; ``ti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -61,14 +62,15 @@ from sqlalchemy.engine import Connection
 
 from nba.atomic import lock
 from nba.bank import day_start, load_bank_config
-from nba.decision import HISTORY_COLUMNS, empty_history
+from nba.decision import HISTORY_COLUMNS
 from nba.errors import NBAError, StoreError
 from nba.home import Home
 from nba.schema import ACTION_FAMILIES, ACTION_OUTCOME_VALUES, CHANNELS
 
 from .outcomes import TABLE as OUTCOMES_TABLE
 from .outcomes import record_outcomes
-from .sql import default_url, engine as make_engine, redact
+from .sql import default_url, redact
+from .sql import engine as make_engine
 from .store import StoreVersion, TableStore
 
 DAILY = "daily"
@@ -246,7 +248,9 @@ class Ledger:
     def _create(self) -> None:
         # PostgreSQL: an advisory lock serialises concurrent creators inside one transaction. SQLite runs
         # DDL outside a transaction: a creator that loses the race sees "already exists" and re-checks.
-        for attempt in range(5):
+        # SQLite also answers "database is locked" at once, without waiting, to a connection that switches a
+        # new file to WAL while another one does (feature_store.sql's connect hook): that open is retried.
+        for attempt in range(10):
             try:
                 with self.engine.begin() as c:
                     if self.engine.dialect.name == "postgresql":
@@ -254,9 +258,20 @@ class Ledger:
                     metadata.create_all(c, checkfirst=True)
                 return
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as e:
-                if attempt == 4 or "already exists" not in str(e.orig).lower():
+                text = str(e.orig).lower()
+                if attempt == 9 or not ("already exists" in text or "database is locked" in text):
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                time.sleep(0.02 * (attempt + 1))
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock at its start (``BEGIN IMMEDIATE``, waiting
+        up to the busy timeout): its reads and writes are one transaction, as on PostgreSQL (the driver
+        would otherwise run the reads before its first write outside any transaction)."""
+        with self.engine.begin() as c:
+            if self.engine.dialect.name == "sqlite":
+                c.exec_driver_sql("BEGIN IMMEDIATE")
+            yield c
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -344,8 +359,8 @@ class Ledger:
                 n += len(c.execute(stmt, list(chunk)).all())
         return n
 
-    def replace_daily(self, day: date, decisions_: pd.DataFrame) -> None:
-        """Make the ledger's daily rows of ``day`` those of ``decisions_`` (the day's
+    def replace_daily(self, day: date, decisions: pd.DataFrame) -> None:
+        """Make the ledger's daily rows of ``day`` those of ``decisions`` (the day's
         :data:`nba.decision.DECISION_COLUMNS` frame, control group included), in one transaction.
 
         - The day's earlier daily rows are deleted, except those an outcome refers to (a contact that
@@ -359,18 +374,18 @@ class Ledger:
 
         Raises ``LedgerError`` when a row is for another day or a field is invalid (nothing changes).
         """
-        recs = self._records(decisions_, DAILY, day_start(day, self.time_zone))
+        recs = self._records(decisions, DAILY, day_start(day, self.time_zone))
         other = next((r for r in recs if r["day"] != day), None)
         if other is not None:
             raise LedgerError("day", f"decision {other['decision_id']!r} is for {other['day']}, not {day}")
-        d = decisions
+        d = metadata.tables["decisions"]  # the argument shadows the table's name
         listed = {r["decision_id"] for r in recs if r["contact"]}
         ins = self._insert(d)
         upsert = ins.on_conflict_do_update(
             index_elements=["decision_id"],
             set_={c.name: ins.excluded[c.name] for c in d.columns if c.name != "decision_id"},
             where=d.c.source == DAILY)
-        with self.engine.begin() as c:
+        with self._write() as c:
             c.execute(sa.delete(d).where(d.c.day == day, d.c.source == DAILY,
                                          ~sa.exists().where(outcomes.c.decision_id == d.c.decision_id)))
             c.execute(sa.update(d).where(d.c.day == day, d.c.source != DAILY, d.c.contact.is_(True))
@@ -422,7 +437,7 @@ class Ledger:
             given = "" if outcome_at is None else at.isoformat()
             request_hash = hashlib.sha256(f"{decision_id}|{outcome}|{reason}|{given}".encode()).hexdigest()
         try:
-            with self.engine.begin() as c:
+            with self._write() as c:
                 stored = self._by_key(c, key_id, idempotency_key)
                 if stored is not None:
                     return self._replay(stored, key_id, idempotency_key, request_hash), True

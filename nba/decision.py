@@ -31,7 +31,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -210,6 +210,19 @@ def _feature_hashes_arrays(feats: Mapping[str, np.ndarray]) -> np.ndarray:
                      for i in range(n)], dtype=object)
 
 
+SMALL_HISTORY = 256  # rows: below this _History is filled in plain Python (the API's few clients)
+
+
+def _as_day(v) -> date | None:
+    if v is None or (isinstance(v, float) and v != v) or v is pd.NaT:
+        return None
+    if isinstance(v, datetime):
+        return v.date()
+    if isinstance(v, date):
+        return v
+    return pd.Timestamp(v).date()
+
+
 class _History:
     """Per (client, action) days since the last decision and the last decline; per client the NBA
     contacts of the last 30 days and whether an action is already decided for the day."""
@@ -221,6 +234,40 @@ class _History:
         out.since_family_decline = {k: v[idx] for k, v in self.since_family_decline.items()}
         return out
 
+    def _fill_rows(self, history, ids, catalog: Catalog, day: date) -> None:
+        """The same as the pandas path, row by row: ``history`` is a small DataFrame or a sequence of
+        HISTORY_COLUMNS tuples."""
+        rows = (history[list(HISTORY_COLUMNS)].itertuples(index=False, name=None)
+                if isinstance(history, pd.DataFrame) else history)
+        pos = {c: i for i, c in enumerate(ids)}
+        aidx = {a.action_id: j for j, a in enumerate(catalog.actions)}
+        for cid, action_id, family, decided, outcome, outcome_date, control in rows:
+            r = pos.get(cid)
+            d = _as_day(decided)
+            if r is None or d is None:
+                continue
+            ago = (day - d).days
+            if ago < 0:
+                continue
+            col = aidx.get(action_id)
+            if not (control is True or (control is not None and control == control and bool(control))):
+                if 0 < ago < 30:
+                    self.contacts_30d[r] += 1
+                elif ago == 0:
+                    self.today[r] = True
+                if col is not None and ago < self.since_action[r, col]:
+                    self.since_action[r, col] = ago
+            if outcome == "declined":
+                od = _as_day(outcome_date) or d
+                dago = (day - od).days
+                if dago < 0:
+                    continue
+                if col is not None and dago < self.since_decline[r, col]:
+                    self.since_decline[r, col] = dago
+                fam = self.since_family_decline.get(family)
+                if fam is not None and dago < fam[r]:
+                    fam[r] = dago
+
     def __init__(self, history: pd.DataFrame, ids: pd.Index, catalog: Catalog, day: date):
         n, A = len(ids), len(catalog.actions)
         self.contacts_30d = np.zeros(n)
@@ -229,6 +276,9 @@ class _History:
         self.since_decline = np.full((n, A), np.inf)
         self.since_family_decline = {f: np.full(n, np.inf) for f in ("product_offer", "care_contact", "retention_offer")}
         if history is None or len(history) == 0:
+            return
+        if not isinstance(history, pd.DataFrame) or len(history) <= SMALL_HISTORY:
+            self._fill_rows(history, ids, catalog, day)
             return
         ids = ids if isinstance(ids, pd.Index) else pd.Index(ids)
         h = history.copy()

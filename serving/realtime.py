@@ -36,11 +36,11 @@ from nba.decision import (
     RULES,
     Inputs,
     Request,
+    _History,
     cohort_shares,
     empty_history,
     realtime,
     score,
-    _History,
 )
 from nba.errors import NBAError
 from nba.home import Home
@@ -72,7 +72,7 @@ class ServingState:
     cohort: pd.DataFrame    # cohort_shares of the whole bank on ``day``
     kinds: dict             # column -> "num" | "bool" | "obj" (dtypes of the offline frame)
     rows: dict              # customer_id -> bundle row
-    store_history: pd.DataFrame  # HISTORY_COLUMNS from the store's action_outcomes, indexed by customer_id
+    store_history: dict     # customer_id -> HISTORY_COLUMNS tuples from the store's action_outcomes
     meta: dict              # bundle meta (as_of, trained_at, evaluation)
     metrics: dict           # the registered version's run metrics
     loaded_at: float = field(default_factory=time.time)
@@ -213,18 +213,17 @@ class DecisionService:
                 churn[known] = b.churn[rows[known]]
         return Inputs(pp, churn, state.label)
 
-    def history(self, ids: Sequence[str], state: ServingState) -> pd.DataFrame:
-        """HISTORY_COLUMNS rows of these clients: the ledger (every source, up to now) and the store's
-        outcomes, each decision once."""
+    def history(self, ids: Sequence[str], state: ServingState) -> list[tuple]:
+        """HISTORY_COLUMNS rows (tuples) of these clients: the ledger (every source, up to now) and the
+        store's outcomes, each decision once (the ledger's row first)."""
         ledger = self.ledger.history(state.day, list(ids), days=HISTORY_DAYS)
-        h = state.store_history
-        store = h.loc[h.index.intersection(list(ids))].reset_index() if len(h) else empty_history()
-        if store.empty:
-            return ledger
-        if ledger.empty:
-            return store[list(HISTORY_COLUMNS)]
-        both = pd.concat([ledger, store[list(HISTORY_COLUMNS)]], ignore_index=True)
-        return both.drop_duplicates(["customer_id", "action_id", "decided"], keep="first")
+        rows = list(ledger[list(HISTORY_COLUMNS)].itertuples(index=False, name=None)) if len(ledger) else []
+        seen = {(r[0], r[1], _day(r[3])) for r in rows}
+        for c in ids:
+            for r in state.store_history.get(c, ()):
+                if (r[0], r[1], _day(r[3])) not in seen:
+                    rows.append(r)
+        return rows
 
     # -- answers ------------------------------------------------------------------------------------
 
@@ -396,15 +395,20 @@ def _check_bundle(b: Bundle, version: int) -> None:
         raise BundleError(f"model version {version}: propensities are not finite")
 
 
-def _store_history(version, day: date) -> pd.DataFrame:
-    """The store's outcomes of the last HISTORY_DAYS (up to now) as HISTORY_COLUMNS, indexed by client."""
+def _day(v) -> date | None:
+    if isinstance(v, datetime):
+        return v.date()
+    return v if isinstance(v, date) or v is None else pd.Timestamp(v).date()
+
+
+def _store_history(version, day: date) -> dict[str, list[tuple]]:
+    """The store's outcomes of the last HISTORY_DAYS (up to now): client -> HISTORY_COLUMNS tuples."""
     rows = decision_outcomes(version, day - timedelta(days=HISTORY_DAYS), day + timedelta(days=1))
-    if not len(rows):
-        return empty_history().set_index("customer_id")
-    return pd.DataFrame({
-        "customer_id": rows["customer_id"].astype(str), "action_id": rows["action_id"],
-        "action_family": rows["action_family"], "decided": rows["decided_date"], "outcome": rows["outcome"],
-        "outcome_date": rows["outcome_date"], "control_group": False}).set_index("customer_id").sort_index()
+    out: dict[str, list[tuple]] = {}
+    for r in zip(rows["customer_id"].astype(str), rows["action_id"], rows["action_family"], rows["decided_date"],
+                 rows["outcome"], rows["outcome_date"]):
+        out.setdefault(r[0], []).append((*r, False))
+    return out
 
 
 def _run_metrics(mv) -> dict:

@@ -198,3 +198,34 @@ def postgres_url():
             subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "fast", "-w"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         _shutil.rmtree(root, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# The scoring API's home (issue 15), shared by its test files.
+
+
+@pytest.fixture(scope="session")
+def api_home(bank, tmp_path_factory):
+    """A trained home: features materialized and online at AS_OF, the champion (v1) with indexes, and a
+    second version (v2, not promoted) for reload tests."""
+    from datetime import timedelta
+
+    from bundle import registry
+    from feature_store.ingest import ingest
+    from feature_store.materialize import materialize
+    from nba.config import CONFIG_DIR
+    from nba.home import Home
+    from serving.retrieval import build_for_version
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    h = Home.resolve(tmp_path_factory.mktemp("apihome")).ensure()
+    ingest(bank, TableStore(h.store))
+    materialize(h)
+    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=2"])[0]
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=True)
+    build_for_version(h, 1)
+    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=False)
+    build_for_version(h, 2)
+    registry.promote(h, 1)
+    return h

@@ -17,16 +17,13 @@ from apps.api.app import create_app
 from apps.api.security import KeyStore
 from apps.api.settings import ServingSettings
 from bundle import registry
-from feature_store.ledger import Ledger
-from feature_store.materialize import features_at, materialize
+from feature_store.materialize import features_at
 from feature_store.store import TableStore
 from nba.catalog import load_catalog
-from nba.config import CONFIG_DIR
-from nba.decision import _History, cohort_shares, control_draw, options
+from nba.decision import _History, control_draw, options
 from nba.home import Home
 from serving.daily import history as daily_history
-from serving.daily import model_inputs, read_day, run_daily
-from serving.retrieval import build_for_version
+from serving.daily import model_inputs, run_daily
 from tests.conftest import AS_OF
 
 SETTINGS = ServingSettings(max_batch=50, max_body_bytes=4096, rate_limit="100000/minute",
@@ -34,23 +31,8 @@ SETTINGS = ServingSettings(max_batch=50, max_body_bytes=4096, rate_limit="100000
 
 
 @pytest.fixture(scope="module")
-def home(bank, tmp_path_factory) -> Home:
-    """A trained home: features materialized and online at AS_OF, the champion (v1) with indexes, and a
-    second version (v2, not promoted) for reload tests."""
-    from feature_store.ingest import ingest
-    from training.config import load_run_config
-    from training.pipeline import run_training
-
-    h = Home.resolve(tmp_path_factory.mktemp("apihome")).ensure()
-    ingest(bank, TableStore(h.store))
-    materialize(h)
-    cfg = load_run_config(CONFIG_DIR / "train-tiny.yaml", ["ray.enabled=false", "model.epochs=2"])[0]
-    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=True)
-    build_for_version(h, 1)
-    run_training(h, cfg, AS_OF - timedelta(days=1), log=lambda m: None, promote=False)
-    build_for_version(h, 2)
-    registry.promote(h, 1)
-    return h
+def home(api_home) -> Home:
+    return api_home
 
 
 @pytest.fixture(scope="module")

@@ -187,6 +187,79 @@ def test_stale_data_warns_and_is_refused_past_the_limit_unless_forced(home, firs
     assert any(s_.startswith("warning: the store's data ends") for s_ in said)
 
 
+def test_the_ledger_holds_the_days_list_and_a_rerun_does_not_see_itself(home, first, tmp_path):
+    """The published list is the day's daily rows in the contact ledger; the day's history leaves them out
+    (a re-run decides as the first run did), the next day's counts each of them once (the ledger and the
+    day's file hold the same decisions), and a home's older daily files still count without the ledger."""
+    import sqlalchemy as sa
+
+    from feature_store.ledger import Ledger, decisions
+    from serving.daily import history
+
+    d = first.decisions
+    with Ledger.open(home) as led, led.engine.connect() as c:
+        rows = c.execute(sa.select(decisions.c.decision_id, decisions.c.contact)
+                         .where(decisions.c.day == DAY, decisions.c.source == "daily")).all()
+    assert dict(rows) == dict(zip(d.decision_id, ~d.control_group))
+    version = TableStore(home.store).require_current()
+    assert not (history(home, version, DAY).decided == DAY).any()
+    assert run_daily(home, DAY).decisions.reset_index(drop=True).equals(d.reset_index(drop=True))
+    nxt = history(home, version, DAY + timedelta(days=1))
+    assert (nxt.decided == DAY).sum() == len(d)
+    with Ledger(f"sqlite:///{tmp_path / 'empty.sqlite'}") as empty:  # a home from before the ledger
+        old = history(home, version, DAY + timedelta(days=1), ledger=empty)
+    assert (old.decided == DAY).sum() == len(d)
+
+
+def test_api_decisions_and_outcomes_in_the_ledger_count_on_the_next_day(home, first):
+    """Decisions the scoring API made on D, with the outcomes that came back through the ledger: a decline
+    stops that action on D+1 (cooldown), a delivered one counts towards the 30-day cap, and ones that never
+    reached the client (no outcome, or not reachable) count for nothing. The re-run of D sees none of them.
+    Four clients of four different RMs, none on D's list, so that capacity moves inside one book only."""
+    from datetime import datetime
+
+    from feature_store.ledger import Ledger
+    from nba.decision import decision_id
+    from serving.daily import history
+
+    nxt = DAY + timedelta(days=1)
+    base = run_daily(home, nxt).decisions
+    outbound = features_at(home, nxt).set_index("customer_id")["outbound_30d"]
+    pool = base[~base.control_group & ~base.customer_id.isin(first.decisions.customer_id)]
+    pool = pool.assign(outbound=outbound.loc[pool.customer_id].to_numpy())
+    chosen, rms = {}, set()
+    for name, contacts in (("declined", 0), ("shown", 1), ("not_reachable", 1), ("no_outcome", 1)):
+        r = pool[(pool.outbound == contacts) & ~pool.rm_id.isin(rms)].iloc[0]
+        chosen[name] = r
+        rms.add(r.rm_id)
+    at = datetime(DAY.year, DAY.month, DAY.day, 10)
+    with Ledger.open(home) as led:
+        led.record_decisions([{**r[["customer_id", "action_id", "action_family", "product_id", "channel",
+                                   "model_version"]].to_dict(), "control_group": False, "date": DAY,
+                               "decision_id": decision_id(DAY, r.customer_id, r.action_id)}
+                              for r in chosen.values()], source="api", decided_at=at)
+        for k, (name, r) in enumerate(chosen.items()):
+            did = decision_id(DAY, r.customer_id, r.action_id)
+            if name != "no_outcome":
+                led.record_outcome(did, "shown" if name == "declined" else name, idempotency_key=f"t{k}",
+                                   outcome_at=at + timedelta(minutes=5))
+            if name == "declined":
+                led.record_outcome(did, "declined", idempotency_key=f"t{k}d", reason="not interested",
+                                   outcome_at=at + timedelta(minutes=10))
+    after = run_daily(home, nxt).decisions.set_index("customer_id")
+    x = chosen["declined"]
+    if x.customer_id in after.index:
+        assert after.loc[x.customer_id, "action_id"] != x.action_id
+        assert x.action_id in json.loads(after.loc[x.customer_id, "policy_trace"])["cooldown"]
+    assert chosen["shown"].customer_id not in after.index, "one NBA contact + one outbound: at the 30-day cap"
+    for name in ("not_reachable", "no_outcome"):
+        assert after.loc[chosen[name].customer_id, "action_id"] == chosen[name].action_id, name
+    h = history(home, TableStore(home.store).require_current(), nxt)
+    assert (h.decided == DAY).sum() == len(first.decisions) + 2
+    # Point in time: the API's decisions of D came after D began; the re-run of D decides as before.
+    assert run_daily(home, DAY).decisions.reset_index(drop=True).equals(first.decisions.reset_index(drop=True))
+
+
 def test_outcomes_close_the_loop(home, first, tmp_path):
     """An RM records a shown and a decline through the outcomes' one owner: the decision counts once, as
     declined, and the declined action is not proposed again inside its cooldown. (Last: it changes the

@@ -398,3 +398,35 @@ def test_holiday_dates_are_exactly_mm_dd(dates, ok):
     else:
         with pytest.raises(ValidationError, match="is not MM-DD"):
             CareContact(**spec)
+
+
+# -------------------------------------------------------------------------------------------------
+# The history's two paths (pandas for the daily run, plain Python for the API's few clients) agree
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(
+    st.sampled_from(["C0", "C1", "C2", "C9"]),
+    st.sampled_from(["offer:SAV", "offer:CARD", "care:birthday", "retention:fee_waiver", "offer:GONE"]),
+    st.sampled_from(["product_offer", "care_contact", "retention_offer"]),
+    st.integers(-3, 130),
+    st.sampled_from([None, "shown", "reached", "accepted", "declined", "not_reachable"]),
+    st.one_of(st.none(), st.integers(-3, 130)),
+    st.sampled_from([True, False, None])), max_size=40))
+def test_history_paths_agree(rows):
+    from nba import decision as D
+    catalog = catalog_for(products_table())
+    hist = [(c, a, f, DAY - timedelta(days=ago), o, None if od is None else DAY - timedelta(days=od), ctl)
+            for c, a, f, ago, o, od, ctl in rows]
+    frame = pd.DataFrame(hist, columns=list(D.HISTORY_COLUMNS)) if hist else D.empty_history()
+    ids = pd.Index(["C0", "C1", "C2"])
+    old, D.SMALL_HISTORY = D.SMALL_HISTORY, -1
+    try:
+        big = D._History(frame, ids, catalog, DAY)
+    finally:
+        D.SMALL_HISTORY = old
+    small = D._History(hist, list(ids), catalog, DAY)
+    for name in ("contacts_30d", "today", "since_action", "since_decline"):
+        np.testing.assert_array_equal(getattr(big, name), getattr(small, name), err_msg=name)
+    for fam in big.since_family_decline:
+        np.testing.assert_array_equal(big.since_family_decline[fam], small.since_family_decline[fam], err_msg=fam)

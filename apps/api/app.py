@@ -21,18 +21,25 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bundle import registry
-from feature_store.ledger import IdempotencyConflict, Ledger, LedgerError, UnknownDecision
+from feature_store.ledger import (
+    IdempotencyConflict,
+    Ledger,
+    LedgerError,
+    UnknownDecision,
+)
 from nba.decision import Request as DecisionRequest
-from nba.errors import NBAError
+from nba.errors import ConfigError, NBAError
 from nba.home import Home
+from serving.index import RetrievalError
 from serving.realtime import DecisionService, ServingError
 
 from . import metrics, schemas
@@ -79,6 +86,18 @@ Outcomes = Annotated[Principal, Depends(require(CAMPAIGN, RM))]
 Admin = Annotated[Principal, Depends(require(ADMIN))]
 
 NOT_FOUND = "unknown customer_id"
+
+
+def _errors(*codes: int, **described: str) -> dict:
+    """OpenAPI ``responses`` of a ``/v1`` route: the errors every one may answer (401, 403, 429, 503), ``codes``
+    (400 and 413 for a body) and ``described`` (``e404="unknown customer_id"``), all with the body ``{"detail": ...}``."""
+    text = {400: "the request body is not UTF-8 JSON", 401: "missing, invalid or revoked API key",
+            403: "the key's scope may not call this endpoint", 413: "request body over serving.max_body_bytes",
+            429: "over the key's rate limit (the Retry-After header gives the seconds to wait)",
+            503: "not ready: no model loaded yet"}
+    out = {c: {"model": schemas.Error, "description": text[c]} for c in (401, 403, 429, 503, *codes)}
+    out.update({int(k[1:]): {"model": schemas.Error, "description": v} for k, v in described.items()})
+    return out
 
 
 def create_app(home: Home | None = None, settings: ServingSettings | None = None, *,
@@ -138,7 +157,10 @@ def create_app(home: Home | None = None, settings: ServingSettings | None = None
 
     @app.exception_handler(NBAError)
     async def _bad_request(request: Request, exc: NBAError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        # The documented 422 body: a list of problems, each naming its field (``loc``) where the error knows it.
+        field = getattr(exc, "field", None)
+        return JSONResponse({"detail": [{"loc": ["body", field] if field else ["body"], "msg": str(exc),
+                                         "type": "value_error"}]}, status_code=422)
 
     return app
 
@@ -229,7 +251,8 @@ def _routes(app: FastAPI) -> None:
         body, ctype = metrics.exposition()
         return PlainTextResponse(body, media_type=ctype)
 
-    @app.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, summary="The model being served")
+    @app.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, summary="The model being served",
+             responses=_errors())
     def model_info(server: Server, caller: Annotated[Principal, Depends(require(CAMPAIGN, RM, ADMIN))]) -> dict:
         st = server.service.state
         return {"model_name": st.model_name, "model_version": st.model_version, "alias": str(server.service.model),
@@ -241,7 +264,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/v1/admin/reload", tags=["operations"], response_model=schemas.ReloadResponse,
               summary="Load the alias's current model now",
-              responses={409: {"description": "the new model was refused; the old one keeps serving"}})
+              responses=_errors(e409="the new model was refused; the old one keeps serving"))
     def admin_reload(server: Server, caller: Admin, force: bool = Query(False, description="reload even if "
                                                                                             "nothing moved")):
         try:
@@ -251,8 +274,7 @@ def _routes(app: FastAPI) -> None:
         return {"switched": switched, "message": message, "model_version": server.service.state.model_version}
 
     @app.post("/v1/next-best-action", tags=["decisions"], response_model=schemas.Decision,
-              summary="The next best action for one client now",
-              responses={404: {"description": NOT_FOUND}})
+              summary="The next best action for one client now", responses=_errors(400, 413, e404=NOT_FOUND))
     def next_best_action(body: schemas.NextBestActionRequest, server: Server, caller: ClientReader) -> dict:
         svc = server.service
         st = svc.state
@@ -271,7 +293,7 @@ def _routes(app: FastAPI) -> None:
         return {**out[0], "campaign_id": ctx.campaign_id}
 
     @app.post("/v1/score", tags=["decisions"], response_model=schemas.ScoreResponse,
-              summary="Scores and the decision for a batch of clients (campaigns)")
+              summary="Scores and the decision for a batch of clients (campaigns)", responses=_errors(400, 413))
     def score(body: schemas.ScoreRequest, server: Server, caller: ClientReader) -> dict:
         limit = server.settings.max_batch
         if len(body.customer_ids) > limit:
@@ -293,7 +315,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/v1/clients/{customer_id}/recommendations", tags=["decisions"],
              response_model=schemas.RecommendationsResponse, summary="Top-k products after the policies",
-             responses={404: {"description": NOT_FOUND}})
+             responses=_errors(e404=NOT_FOUND))
     def recommendations(server: Server, caller: ClientReader,
                         customer_id: Annotated[str, Path(min_length=1, max_length=128)],
                         k: Annotated[int, Query(ge=1, le=100)] = 5) -> dict:
@@ -305,7 +327,7 @@ def _routes(app: FastAPI) -> None:
         return out
 
     @app.post("/v1/audiences/lookalike", tags=["audiences"], response_model=schemas.LookalikeResponse,
-              summary="Clients similar to seed clients, filtered")
+              summary="Clients similar to seed clients, filtered", responses=_errors(400, 413))
     def lookalike(body: schemas.LookalikeRequest, server: Server, caller: ClientReader) -> dict:
         s = server.settings
         problems = []
@@ -322,9 +344,13 @@ def _routes(app: FastAPI) -> None:
         if f.product_id is not None and f.product_id not in set(st.catalog.products.index):
             raise HTTPException(422, [{"loc": ["body", "filters", "product_id"], "type": "value_error",
                                        "msg": f"unknown product_id {f.product_id!r}"}])
-        st, out = server.service.lookalike(body.seed_customer_ids, body.size, method=body.method,
-                                           channel=f.channel, product_id=f.product_id, exclude=f.exclude,
-                                           rm_id=caller.rm_id, state=st)
+        try:
+            st, out = server.service.lookalike(body.seed_customer_ids, body.size, method=body.method,
+                                               channel=f.channel, product_id=f.product_id, exclude=f.exclude,
+                                               rm_id=caller.rm_id, state=st)
+        except RetrievalError as e:  # method and size are valid here: the seeds are unknown to the model
+            raise HTTPException(422, [{"loc": ["body", "seed_customer_ids"], "type": "value_error",
+                                       "msg": str(e)}]) from None
         read = [m["customer_id"] for m in out["audience"]]
         server.audit.record_reads(caller, read, "audiences/lookalike", model_version=st.label,
                                   request_id=_request_id())
@@ -332,8 +358,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/v1/outcomes", tags=["outcomes"], response_model=schemas.OutcomeResponse,
               summary="Record what happened with a decision (idempotent)",
-              responses={404: {"description": "unknown decision_id"},
-                         409: {"description": "the same Idempotency-Key was used for a different outcome"}})
+              responses=_errors(400, 413, e404="unknown decision_id",
+                                e409="the same Idempotency-Key was used for a different outcome"))
     def outcomes(body: schemas.OutcomeRequest, server: Server, caller: Outcomes,
                  idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200,
                                                         pattern=r"^[\x21-\x7e]+$",
@@ -356,7 +382,7 @@ def _routes(app: FastAPI) -> None:
         except IdempotencyConflict as e:
             raise HTTPException(409, str(e)) from None
         except LedgerError as e:
-            raise HTTPException(422, str(e)) from None
+            raise HTTPException(422, [{"loc": ["body", e.field], "type": "value_error", "msg": str(e)}]) from None
         server.audit.record_reads(caller, [dec["customer_id"]], "outcomes",
                                   model_version=dec.get("model_version"), request_id=_request_id())
         metrics.OUTCOMES.labels(body.outcome, "replayed" if replayed else "recorded").inc()
@@ -371,13 +397,35 @@ def _iso(v) -> str:
     return str(v)
 
 
+CLOCK_ENV = "NBA_SERVE_CLOCK"
+
+
+def clock_from_env() -> Callable[[], datetime] | None:
+    """The API's clock from ``$NBA_SERVE_CLOCK``, an ISO 8601 instant with its offset
+    (``2026-06-01T12:00:00+00:00``; for tests and replays of a past day): it starts at that instant when this
+    is called and runs forward at the real pace. None (the system clock) when unset. Raises ``ConfigError``
+    for a value that is not a tz-aware ISO 8601 instant."""
+    raw = os.environ.get(CLOCK_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        start = datetime.fromisoformat(raw)
+    except ValueError:
+        start = None
+    if start is None or start.tzinfo is None:
+        raise ConfigError(f"{CLOCK_ENV}={raw!r}: expected an ISO 8601 instant with its offset, "
+                          f"e.g. 2026-06-01T12:00:00+00:00")
+    start, t0 = start.astimezone(timezone.utc), time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - t0)
+
+
 def app_from_env() -> FastAPI:
     """``uvicorn --factory apps.api.app:app_from_env``: the app of ``$NBA_HOME``, for ``--workers N``
-    (``NBA_SERVE_MODEL``, ``NBA_SERVING_CONFIG`` optional)."""
+    (``NBA_SERVE_MODEL``, ``NBA_SERVING_CONFIG``, ``NBA_SERVE_CLOCK`` optional)."""
     from pathlib import Path as _P
     cfg = os.environ.get("NBA_SERVING_CONFIG")
     return create_app(settings=load_settings(_P(cfg) if cfg else None),
-                      model=os.environ.get("NBA_SERVE_MODEL", registry.CHAMPION))
+                      model=os.environ.get("NBA_SERVE_MODEL", registry.CHAMPION), clock=clock_from_env())
 
 
-__all__ = ["create_app", "app_from_env"]
+__all__ = ["create_app", "app_from_env", "clock_from_env"]

@@ -15,6 +15,12 @@ Channel = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
 Outcome = Literal[tuple(ACTION_OUTCOME_VALUES)]  # type: ignore[valid-type]
 
 
+class Error(BaseModel):
+    """An error's body (a 422's ``detail`` is instead a list naming each bad field: ``loc``, ``msg``, ``type``)."""
+
+    detail: str = Field(description="what was wrong")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -18,6 +18,8 @@ from nba.home import Home
 
 def _env(home: Home, model: str, ledger_url: str | None, online_url: str | None, config: Path | None) -> dict:
     env = {"NBA_HOME": str(home.root), "NBA_SERVE_MODEL": str(model)}
+    if os.environ.get("NBA_SERVE_CLOCK"):  # tests and replays of a past day (apps.api.app.clock_from_env)
+        env["NBA_SERVE_CLOCK"] = os.environ["NBA_SERVE_CLOCK"]
     if ledger_url:
         env["NBA_LEDGER_URL"] = ledger_url
     if online_url:
@@ -33,6 +35,9 @@ def run_uvicorn(home: Home, *, host: str = "127.0.0.1", port: int = 8000, worker
     """Serve until interrupted. ``workers`` > 1: separate processes sharing the port."""
     import uvicorn
 
+    from .app import clock_from_env
+
+    clock = clock_from_env()  # a bad $NBA_SERVE_CLOCK fails here, before anything starts
     os.environ.update(_env(home, model, ledger_url, online_url, config))
     if workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="nba-prometheus-"))
@@ -42,7 +47,8 @@ def run_uvicorn(home: Home, *, host: str = "127.0.0.1", port: int = 8000, worker
     from .app import create_app
     from .settings import load_settings
 
-    app = create_app(home, load_settings(config), model=model, ledger_url=ledger_url, online_url=online_url)
+    app = create_app(home, load_settings(config), model=model, ledger_url=ledger_url, online_url=online_url,
+                     clock=clock)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -62,12 +68,12 @@ def deploy_ray(home: Home, *, host: str = "127.0.0.1", port: int = 8000, replica
                  runtime_env={"env_vars": env})
     root, cfg = str(home.root), env.get("NBA_SERVING_CONFIG")
 
-    def build():  # runs in each replica
-        from .app import create_app
+    def build():  # runs in each replica (with env: $NBA_SERVE_CLOCK travels there)
+        from .app import clock_from_env, create_app
         from .settings import load_settings
 
         return create_app(Home(Path(root)), load_settings(Path(cfg) if cfg else None), model=model,
-                          ledger_url=ledger_url, online_url=online_url)
+                          ledger_url=ledger_url, online_url=online_url, clock=clock_from_env())
 
     @serve.ingress(build)
     class NBAScoringAPI:
