@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import random
+import resource
 import re
 import shutil
 import signal
@@ -199,10 +200,12 @@ def parse_wrk(text: str) -> dict:
             "max_ms": r["max_us"] / 1000, "non_2xx_3xx": r["status"], "socket_errors": socket_errors}
 
 
-def run_wrk(threads: int, conns: int, seconds: int, script: Path, url: str, label: str) -> dict:
+def run_wrk(threads: int, conns: int, seconds: int, script: Path, url: str, label: str, pid: int) -> dict:
+    before = cpu_now(pid)
     out = subprocess.run(wrk_cmd(threads, conns, f"{seconds}s", script, url), capture_output=True, text=True,
                          check=True).stdout
     res = parse_wrk(out)
+    res["cpu"] = cpu_share(before, cpu_now(pid))
     print(f"{label}: {res}", flush=True)
     return res
 
@@ -216,7 +219,7 @@ def profile_server(pid: int, args, script: Path, url: str, top: int = 40) -> dic
     time.sleep(2)
     subprocess.run([spy, "record", "-p", str(pid), "-d", str(args.duration), "-r", "100", "--gil", "--nonblocking",
                     "--format", "raw", "-o", str(args.profile)], check=True, capture_output=True)
-    load = parse_wrk(wrk.communicate(timeout=120)[0])
+    load = parse_wrk(wrk.communicate(timeout=120)[0])  # (py-spy's own CPU is counted with wrk's)
     incl: dict[str, int] = {}
     own: dict[str, int] = {}
     total = 0
@@ -233,7 +236,43 @@ def profile_server(pid: int, args, script: Path, url: str, top: int = 40) -> dic
         return [[round(100 * v / total, 1), k] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
     return {"raw": str(args.profile), "samples_with_gil": total,
-            "gil_busy_share": round(total / (100 * args.duration), 2), "load": load, "inclusive_pct": share(incl), "self_pct": share(own)}
+            "gil_busy_share": round(total / (100 * args.duration), 2), "load": load,
+            "inclusive_pct": share(incl), "self_pct": share(own)}
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pid: int) -> tuple[float, float, float, float]:
+    """(wall, machine busy CPU s, server CPU s, CPU s of this process and its reaped children: wrk)."""
+    busy = sum(int(x) for i, x in enumerate(Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:])
+               if i in (0, 1, 2, 5, 6)) / TICK  # user, nice, system, irq, softirq (not idle, iowait, steal)
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    server = (int(f[11]) + int(f[12])) / TICK  # utime, stime
+    me = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+             for k in ("ru_utime", "ru_stime"))
+    return time.monotonic(), busy, server, me
+
+
+def cpu_share(before: tuple, after: tuple) -> dict:
+    """CPU of a phase, in cores: the server's, wrk's (+ this script's), and everything else on the machine
+    (other processes: a figure taken while others ran is not comparable)."""
+    wall = after[0] - before[0]
+    busy, server, me = (after[i] - before[i] for i in (1, 2, 3))
+    return {"server_cores": round(server / wall, 2), "wrk_and_script_cores": round(me / wall, 2),
+            "other_processes_cores": round(max(0.0, busy - server - me) / wall, 2)}
+
+
+def wait_quiet(limit_s: float, cores: float = 0.15) -> float:
+    """Wait (up to ``limit_s``) until other processes use under ``cores`` CPU over 5 s; returns the last."""
+    t0 = time.monotonic()
+    while True:
+        a = cpu_now(os.getpid())
+        time.sleep(5)
+        other = cpu_share(a, cpu_now(os.getpid()))["other_processes_cores"]
+        if other < cores or time.monotonic() - t0 > limit_s:
+            return other
+        print(f"machine busy ({other} cores used by other processes); waiting", flush=True)
 
 
 def vm(pid: int) -> dict:
@@ -266,6 +305,8 @@ def main() -> None:
     ap.add_argument("--score-calls", type=int, default=9)
     ap.add_argument("--swaps", type=int, default=20)
     ap.add_argument("--port", type=int, default=0, help="default: a free port")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                    help="first wait up to S seconds for other processes to leave the CPUs alone")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--profile", type=Path, metavar="RAW",
                     help="at the end, sample the server with py-spy (--gil: where the GIL time goes) during "
@@ -297,6 +338,7 @@ def main() -> None:
                        .replace("{PATH}", "/v1/next-best-action"))
     get_lua.write_text(LUA_GET)
 
+    quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
     port = args.port or free_port()
     base = f"http://127.0.0.1:{port}"
     server_log = open(work / "server.log", "w")
@@ -305,7 +347,8 @@ def main() -> None:
     proc = subprocess.Popen([NBA, "--home", str(home_dir), "serve", "--port", str(port)],
                             stdout=server_log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     res: dict = {"machine": machine(), "date": date.today().isoformat(), "home": str(home_dir),
-                 "customers": built["customers"], "server_log": str(work / "server.log")}
+                 "customers": built["customers"], "server_log": str(work / "server.log"),
+                 "other_processes_cores_at_start": quiet}
     try:
         res["startup_to_ready_s"] = round(wait_ready(port, proc, t0), 2)
         print(f"ready after {res['startup_to_ready_s']} s", flush=True)
@@ -316,13 +359,15 @@ def main() -> None:
         res["rss_after_start_mib"] = vm(proc.pid)["rss_mib"]
 
         # Warm up (code paths, caches), then measure.
-        run_wrk(args.threads, 4, args.warmup, nba_lua, f"{base}/v1/next-best-action", "warm-up")
-        res["healthz_c4"] = run_wrk(args.threads, 4, args.duration, get_lua, f"{base}/healthz", "healthz c4")
-        res["nba_c4"] = run_wrk(args.threads, 4, args.duration, nba_lua, f"{base}/v1/next-best-action", "nba c4")
-        res["nba_c16"] = run_wrk(args.threads, 16, args.duration, nba_lua, f"{base}/v1/next-best-action", "nba c16")
+        nba_url = f"{base}/v1/next-best-action"
+        run_wrk(args.threads, 4, args.warmup, nba_lua, nba_url, "warm-up", proc.pid)
+        res["healthz_c4"] = run_wrk(args.threads, 4, args.duration, get_lua, f"{base}/healthz", "healthz c4", proc.pid)
+        res["nba_c4"] = run_wrk(args.threads, 4, args.duration, nba_lua, nba_url, "nba c4", proc.pid)
+        res["nba_c16"] = run_wrk(args.threads, 16, args.duration, nba_lua, nba_url, "nba c16", proc.pid)
 
         # /v1/score with 1,000 clients: a different batch each call; the first call is a warm-up.
         times, bad = [], []
+        before = cpu_now(proc.pid)
         for i in range(args.score_calls + 1):
             batch = ids[i * 1000:(i + 1) * 1000]
             t = time.perf_counter()
@@ -333,7 +378,8 @@ def main() -> None:
             if i:
                 times.append(round(dt, 1))
         res["score_1000"] = {"median_ms": round(statistics.median(times), 1), "min_ms": min(times),
-                             "max_ms": max(times), "calls_ms": times, "failed": bad}
+                             "max_ms": max(times), "calls_ms": times, "failed": bad,
+                             "cpu": cpu_share(before, cpu_now(proc.pid))}
         print(f"score 1000: {res['score_1000']}", flush=True)
 
         res["memory_before_swaps"] = vm(proc.pid)
@@ -342,6 +388,7 @@ def main() -> None:
         wrk = subprocess.Popen(wrk_cmd(args.threads, 4, "3600s", nba_lua, f"{base}/v1/next-best-action"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(2)
+        before = cpu_now(proc.pid)
         swaps, t_swap = [], time.perf_counter()
         for i in range(args.swaps):
             v = 2 if i % 2 == 0 else 1
@@ -359,8 +406,11 @@ def main() -> None:
         wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=60)
         hs = parse_wrk(out)
-        ok = all(s["status"] == 200 and s["switched"] and s["serving"] == s["to"] for s in swaps)
+        hs["cpu"] = cpu_share(before, cpu_now(proc.pid))
+        # switched False with the promoted version served: the reload poller (every 30 s) got there first.
+        ok = all(s["status"] == 200 and s["serving"] == s["to"] for s in swaps)
         hs.update({"swaps": len(swaps), "swaps_ok": ok, "swap_wall_s": round(swap_wall, 1),
+                   "switched_by_poller_first": sum(not s["switched"] for s in swaps),
                    "reload_s_median": statistics.median(s["reload_s"] for s in swaps),
                    "reload_s_max": max(s["reload_s"] for s in swaps),
                    "promote_s_median": statistics.median(s["promote_s"] for s in swaps),

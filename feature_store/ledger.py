@@ -169,9 +169,9 @@ def _utcnow() -> datetime:
 
 def _naive_utc(v: Any, field: str) -> datetime:
     """A datetime as a naive UTC instant: tz-aware ones converted, naive ones taken as UTC."""
+    if _missing(v):
+        raise LedgerError(field, "missing timestamp")
     if isinstance(v, pd.Timestamp):
-        if pd.isna(v):
-            raise LedgerError(field, "missing timestamp")
         v = v.to_pydatetime()
     if not isinstance(v, datetime):
         raise LedgerError(field, f"{v!r} is not a timestamp")
@@ -188,6 +188,8 @@ def _missing(v: Any) -> bool:
 
 
 def _as_date(v: Any, where: str) -> date:
+    if _missing(v):
+        raise LedgerError("day", f"missing{where}")
     if isinstance(v, (datetime, pd.Timestamp)):
         return v.date()
     if isinstance(v, date):
@@ -483,7 +485,7 @@ class Ledger:
 
     def history(self, day: date, customer_ids: Sequence[str] | None = None, *, known_before: date | None = None,
                 days: int = 120, time_zone: str | None = None, exclude_source_on_day: str | None = None,
-                decision_ids: bool = False) -> pd.DataFrame:
+                decision_ids: bool = False, as_rows: bool = False) -> pd.DataFrame | list[tuple]:
         """The decisions that count (see the module's docstring) for days ``[day - days, day]``, as
         :data:`nba.decision.HISTORY_COLUMNS`: customer_id, action_id, action_family, decided (the
         decision's day, a date), outcome (latest, a decline wins; None when none is known),
@@ -494,6 +496,7 @@ class Ledger:
         outcomes that happened before that instant. ``exclude_source_on_day``: leave out that source's
         rows of ``day`` itself (a daily run re-run must not see its own list). ``decision_ids``: add a
         ``decision_id`` column (last). ``time_zone`` overrides the ledger's for the day boundaries.
+        ``as_rows``: a list of tuples in those columns' order instead of a DataFrame (the API's path).
         """
         zone = time_zone or self.time_zone
         d, o = decisions, outcomes
@@ -518,7 +521,7 @@ class Ledger:
         with self.engine.connect() as c:
             for query in queries:
                 rows.extend(tuple(r) for r in c.execute(query))
-        return _history_frame(rows, zone, decision_ids)
+        return _history_frame(rows, zone, decision_ids, as_rows)
 
     # -- export to the store -----------------------------------------------------------------------
 
@@ -571,7 +574,7 @@ class Ledger:
             return version
 
 
-def _history_frame(rows: list[tuple], zone: str, decision_ids: bool) -> pd.DataFrame:
+def _history_frame(rows: list[tuple], zone: str, decision_ids: bool, as_rows: bool = False) -> pd.DataFrame | list:
     """One HISTORY_COLUMNS row per counted decision, from the rows of the decisions x outcomes join:
     (decision_id, customer_id, action_id, action_family, day, control_group, contact, outcome_id, outcome,
     outcome_at). Plain Python: the API reads one client per request, where pandas' fixed costs dominate."""
@@ -603,6 +606,8 @@ def _history_frame(rows: list[tuple], zone: str, decision_ids: bool) -> pd.DataF
             cols["outcome"].append(outcome)
             cols["outcome_date"].append(at.replace(tzinfo=timezone.utc).astimezone(tz).date())
     names = list(HISTORY_COLUMNS) + (["decision_id"] if decision_ids else [])
+    if as_rows:
+        return list(zip(*(cols[c] for c in names)))
     # Arrays, not lists (a fraction of the constructor's cost for one client); the ids get pandas' string
     # dtype, the columns that hold None stay objects (None, not NaN, where no outcome is known).
     keep = ("decided", "outcome", "outcome_date")

@@ -15,6 +15,8 @@ the OS's cache) but may lose the last commits in a power cut.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,9 +49,18 @@ def engine(url: str, *, durable: bool = True) -> Engine:
         @sa.event.listens_for(eng, "connect")
         def _pragmas(dbapi_con, _record) -> None:  # noqa: ANN001 - DB-API connection
             cur = dbapi_con.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync}")
             cur.execute("PRAGMA busy_timeout=30000")
+            # Several processes opening a new file at once: the switch to WAL fails at once with "database
+            # is locked" (busy_timeout does not cover it), so it is retried for up to 30 s.
+            for attempt in range(300):
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 299:
+                        raise
+                    time.sleep(0.1)
+            cur.execute(f"PRAGMA synchronous={sync}")
             cur.close()
 
         return eng

@@ -46,7 +46,13 @@ from feature_store.store import StoreVersion, TableStore
 from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
 from nba.bank import load_bank_config
 from nba.catalog import Catalog, load_catalog
-from nba.decision import DECISION_COLUMNS, HISTORY_COLUMNS, Inputs, decide, empty_history
+from nba.decision import (
+    DECISION_COLUMNS,
+    HISTORY_COLUMNS,
+    Inputs,
+    decide,
+    empty_history,
+)
 from nba.errors import NBAError, StoreError
 from nba.home import Home
 
@@ -120,6 +126,27 @@ def history(home: Home, version: StoreVersion, day: date, *, ledger: Ledger | No
     if not frames:
         return empty_history()
     return pd.concat(frames, ignore_index=True)[list(HISTORY_COLUMNS)]
+
+
+def merge_outcome_rows(ledger: list[tuple], store: list[tuple]) -> list[tuple]:
+    """:func:`_merge_outcomes` for a few clients' rows as tuples (HISTORY_COLUMNS..., decision_id): one
+    row per decision, the ledger's decision (day, control group) with the deciding outcome of either (a
+    decline wins, then the later outcome date, then the ledger's). The real-time API's path."""
+    if not store:
+        return list(ledger)
+    best: dict = {}
+    for rank, rows in ((0, store), (1, ledger)):
+        for r in rows:
+            key = (r[4] == "declined", r[5] is not None, r[5] or date.min, rank)
+            cur = best.get(r[-1])
+            if cur is None or key >= cur[0]:
+                best[r[-1]] = (key, r)
+    mine = {r[-1]: r for r in ledger}
+    out = []
+    for did, (_, r) in best.items():
+        m = mine.get(did)
+        out.append(r if m is None else (r[0], r[1], r[2], m[3], r[4], r[5], m[6], did))
+    return out
 
 
 def _merge_outcomes(ledger: pd.DataFrame, store: pd.DataFrame) -> pd.DataFrame:

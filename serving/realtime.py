@@ -32,7 +32,6 @@ from feature_store.outcomes import decision_outcomes
 from feature_store.store import TableStore
 from nba.catalog import Catalog, load_catalog
 from nba.decision import (
-    HISTORY_COLUMNS,
     RULES,
     Inputs,
     Request,
@@ -46,6 +45,7 @@ from nba.errors import NBAError
 from nba.home import Home
 from nba.schema import CHANNELS
 
+from .daily import merge_outcome_rows
 from .retrieval import INDEX_TAG, Snapshot, load_for_version
 
 HISTORY_DAYS = 120
@@ -214,16 +214,12 @@ class DecisionService:
         return Inputs(pp, churn, state.label)
 
     def history(self, ids: Sequence[str], state: ServingState) -> list[tuple]:
-        """HISTORY_COLUMNS rows (tuples) of these clients: the ledger (every source, up to now) and the
-        store's outcomes, each decision once (the ledger's row first)."""
-        ledger = self.ledger.history(state.day, list(ids), days=HISTORY_DAYS)
-        rows = list(ledger[list(HISTORY_COLUMNS)].itertuples(index=False, name=None)) if len(ledger) else []
-        seen = {(r[0], r[1], _day(r[3])) for r in rows}
-        for c in ids:
-            for r in state.store_history.get(c, ()):
-                if (r[0], r[1], _day(r[3])) not in seen:
-                    rows.append(r)
-        return rows
+        """HISTORY_COLUMNS rows (tuples) of these clients, each decision once: the ledger's (every source,
+        up to now) merged with the store's outcomes as the daily run merges them
+        (:func:`serving.daily.merge_outcome_rows`: a decline wins, then the later outcome)."""
+        ledger = self.ledger.history(state.day, list(ids), days=HISTORY_DAYS, decision_ids=True, as_rows=True)
+        store = [r for c in ids for r in state.store_history.get(c, ())]
+        return [r[:-1] for r in merge_outcome_rows(ledger, store)]
 
     # -- answers ------------------------------------------------------------------------------------
 
@@ -402,12 +398,15 @@ def _day(v) -> date | None:
 
 
 def _store_history(version, day: date) -> dict[str, list[tuple]]:
-    """The store's outcomes of the last HISTORY_DAYS (up to now): client -> HISTORY_COLUMNS tuples."""
+    """The store's outcomes of the last HISTORY_DAYS (up to now): client -> (HISTORY_COLUMNS...,
+    decision_id) tuples. As in the daily run, an outcome that says the client was not reached makes no
+    contact by itself."""
     rows = decision_outcomes(version, day - timedelta(days=HISTORY_DAYS), day + timedelta(days=1))
+    rows = rows[rows["outcome"] != "not_reachable"]
     out: dict[str, list[tuple]] = {}
     for r in zip(rows["customer_id"].astype(str), rows["action_id"], rows["action_family"], rows["decided_date"],
-                 rows["outcome"], rows["outcome_date"]):
-        out.setdefault(r[0], []).append((*r, False))
+                 rows["outcome"], rows["outcome_date"], rows["decision_id"]):
+        out.setdefault(r[0], []).append((*r[:6], False, r[6]))
     return out
 
 

@@ -423,3 +423,20 @@ def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(home, keys, cl
         meta_file.write_text(saved)
         registry.promote(home, 1)
         client.post("/v1/admin/reload", headers=H(keys["admin"]))
+
+
+def test_the_poller_follows_the_champion_alias(home, keys):
+    """Without any admin call, a promotion is picked up within a poll interval."""
+    import time as _time
+    fast = SETTINGS.model_copy(update={"reload_poll_seconds": 0.2})
+    with TestClient(create_app(home, fast, clock=CLOCK)) as c:
+        assert c.get("/v1/model", headers=H(keys["campaign"])).json()["model_version"] == 1
+        try:
+            registry.promote(home, 2)
+            deadline = _time.monotonic() + 30
+            while c.get("/v1/model", headers=H(keys["campaign"])).json()["model_version"] != 2:
+                assert _time.monotonic() < deadline, "the poller did not reload"
+                _time.sleep(0.1)
+            assert nba(c, keys["campaign"], keys["own"][0]).json()["model_version"].endswith("/2")
+        finally:
+            registry.promote(home, 1)

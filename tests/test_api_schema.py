@@ -72,18 +72,21 @@ def keys(fuzz_app) -> dict:
     return fuzz_app[1]
 
 
-@schema.exclude(path="/v1/admin/reload").parametrize()
+@schema.exclude(path="/v1/admin/reload").parametrize()  # admin only: a campaign key gets 403 (test_api.py)
 def test_campaign_key(case, keys):
     case.call_and_validate(headers={"X-API-Key": keys["campaign"]})
 
 
 @schema.include(path_regex=r"^/v1/(model|admin/)").parametrize()
 def test_admin_key(case, keys):
+    """Reloads included (forced ones too: a couple of seconds in all); admin keys read no client data."""
     case.call_and_validate(headers={"X-API-Key": keys["admin"]})
 
 
 @schema.include(path_regex=r"^/v1/").parametrize()
 def test_without_a_key(case):
+    """Never an answer without a key: 401, or a 4xx that FastAPI gives before authentication runs (an
+    unparsable or invalid body, a method the path does not have, a body over the limit)."""
     case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "x-api-key"}
     r = case.call_and_validate()
     assert r.status_code in (400, 401, 405, 413, 422), r.text

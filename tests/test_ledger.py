@@ -149,7 +149,8 @@ def test_one_key_from_eight_threads_at_once_stores_one_row(ledger, same_request)
     for t in threads:
         t.join(60)
     assert count(ledger, outcomes) == 1
-    stored = ledger.engine.connect().execute(sa.select(outcomes)).mappings().one()
+    with ledger.engine.connect() as c:
+        stored = c.execute(sa.select(outcomes)).mappings().one()
     if same_request:
         assert all(isinstance(r, tuple) for r in results), results
         assert sorted(r[1] for r in results) == [False] + [True] * 7

@@ -90,7 +90,8 @@ NOT_FOUND = "unknown customer_id"
 
 def _errors(*codes: int, **described: str) -> dict:
     """OpenAPI ``responses`` of a ``/v1`` route: the errors every one may answer (401, 403, 429, 503), ``codes``
-    (400 and 413 for a body) and ``described`` (``e404="unknown customer_id"``), all with the body ``{"detail": ...}``."""
+    (400 and 413 for a body) and ``described`` (``e404="unknown customer_id"``), each with the body
+    ``{"detail": ...}``."""
     text = {400: "the request body is not UTF-8 JSON", 401: "missing, invalid or revoked API key",
             403: "the key's scope may not call this endpoint", 413: "request body over serving.max_body_bytes",
             429: "over the key's rate limit (the Retry-After header gives the seconds to wait)",
