@@ -500,6 +500,15 @@ class Ledger:
         """
         zone = time_zone or self.time_zone
         d, o = decisions, outcomes
+        if known_before is None and exclude_source_on_day is None and customer_ids is not None \
+                and len(customer_ids) <= CHUNK:
+            # The API's path (a few clients, everything known up to now): one statement built once, its
+            # values bound (building the expression costs more than running it).
+            with self.engine.connect() as c:
+                rows = [tuple(r) for r in c.execute(_CLIENT_HISTORY, {
+                    "ids": list(dict.fromkeys(str(x) for x in customer_ids)),
+                    "start": day - timedelta(days=days), "end": day})]
+            return _history_frame(rows, zone, decision_ids, as_rows)
         cutoff = day_start(known_before, zone) if known_before is not None else None
         on = o.c.decision_id == d.c.decision_id
         if cutoff is not None:
@@ -572,6 +581,15 @@ class Ledger:
                 for chunk in _chunks(ids, CHUNK):
                     c.execute(sa.update(o).where(o.c.id.in_(chunk)).values(exported_version=version.name))
             return version
+
+
+_CLIENT_HISTORY = (
+    sa.select(decisions.c.decision_id, decisions.c.customer_id, decisions.c.action_id, decisions.c.action_family,
+              decisions.c.day, decisions.c.control_group, decisions.c.contact, outcomes.c.id, outcomes.c.outcome,
+              outcomes.c.outcome_at)
+    .select_from(decisions.outerjoin(outcomes, outcomes.c.decision_id == decisions.c.decision_id))
+    .where(decisions.c.customer_id.in_(sa.bindparam("ids", expanding=True)),
+           decisions.c.day >= sa.bindparam("start"), decisions.c.day <= sa.bindparam("end")))
 
 
 def _history_frame(rows: list[tuple], zone: str, decision_ids: bool, as_rows: bool = False) -> pd.DataFrame | list:
