@@ -284,6 +284,18 @@ def vm(pid: int) -> dict:
     return {"rss_mib": f.get("VmRSS"), "peak_rss_mib": f.get("VmHWM")}
 
 
+def commit() -> str:
+    """The checkout measured: short commit, with '+changes' when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine() -> str:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor())
@@ -346,7 +358,7 @@ def main() -> None:
     t0 = time.monotonic()
     proc = subprocess.Popen([NBA, "--home", str(home_dir), "serve", "--port", str(port)],
                             stdout=server_log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    res: dict = {"machine": machine(), "date": date.today().isoformat(), "home": str(home_dir),
+    res: dict = {"machine": machine(), "date": date.today().isoformat(), "commit": commit(), "home": str(home_dir),
                  "customers": built["customers"], "server_log": str(work / "server.log"),
                  "other_processes_cores_at_start": quiet}
     try:

@@ -105,6 +105,11 @@ def _f(df, col: str, fill: float = np.nan) -> np.ndarray:
     return a if np.isnan(fill) else np.where(np.isnan(a), fill, a)
 
 
+def _nan0(a: np.ndarray) -> np.ndarray:
+    """NaN as 0 (probabilities: never infinite), cheaper than np.nan_to_num on small arrays."""
+    return np.where(np.isnan(a), 0.0, a)
+
+
 def _number(v) -> float:
     try:
         return float(v) if v is not None and not isinstance(v, str) else float(pd.to_numeric(v, errors="coerce"))
@@ -196,6 +201,18 @@ def _text(a: np.ndarray) -> list[str]:
 def _feature_hashes_arrays(feats: Mapping[str, np.ndarray]) -> np.ndarray:
     cols = sorted(c for c in feats if c != "state_evidence")
     n = _len(feats)
+    if n == 1:  # one client (the API): the same text, without a NumPy call per column
+        arrays = [feats[c] for c in cols]
+        numeric = [k for k, a in enumerate(arrays) if a.dtype.kind in "fiu"]
+        rounded = np.round(np.array([float(arrays[k][0]) for k in numeric], dtype="float64"), 6).tolist()
+        text = [None] * len(cols)
+        for k, v in zip(numeric, rounded):
+            text[k] = "<NA>" if v != v else str(v)
+        for k, a in enumerate(arrays):
+            if text[k] is None:
+                v = a[0]
+                text[k] = "<NA>" if v is None or (isinstance(v, float) and v != v) else str(v)
+        return np.array([hashlib.blake2b(("|" + "|".join(text)).encode(), digest_size=6).hexdigest()], dtype=object)
     arrays = [np.asarray(feats[c]) for c in cols]
     numeric = [k for k, a in enumerate(arrays) if a.dtype.kind in "fiu"]
     texts: list = [None] * len(cols)
@@ -432,13 +449,14 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
     elig = np.ones((n, A), bool)
     pp = inputs.product_propensity
     offer_cols = np.flatnonzero(S.fam == 0)
-    P[:, offer_cols] = np.nan_to_num(pp[:, S.prod[offer_cols]], nan=0.0)
+    P[:, offer_cols] = _nan0(pp[:, S.prod[offer_cols]])
     V[:, offer_cols] = margins[S.prod[offer_cols]] * pol.value_years * S.lever[offer_cols]
     segs = _s(f, "segment")
     for j in offer_cols:
         ok_seg = np.array([s in S.segments[j] for s in segs], bool)
         elig[:, j] = (age >= S.min_age[j]) & ok_seg & ~np.isnan(pp[:, S.prod[j]])
     triggers = _care_triggers(f, catalog, day)
+    churn0 = _nan0(churn)
     for j, a in enumerate(catalog.actions):
         if a.care is not None:
             t = triggers[a.action_id]
@@ -447,9 +465,9 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
             elig[:, j] = t
         elif a.retention is not None:
             r = a.retention
-            P[:, j] = np.nan_to_num(churn, nan=0.0) * r.save_rate
+            P[:, j] = churn0 * r.save_rate
             V[:, j] = client_margin * catalog.config.retention_offers.value_years
-            elig[:, j] = ~np.isnan(churn) & (np.nan_to_num(churn) >= r.min_churn) & (assets >= r.min_assets) \
+            elig[:, j] = ~np.isnan(churn) & (churn0 >= r.min_churn) & (assets >= r.min_assets) \
                 & (client_margin > 0)
 
     # --- hard policies, in order; removed_by: the first rule that removed the action (0: passed) -----

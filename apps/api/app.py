@@ -75,7 +75,7 @@ class _Server:
     poller: threading.Thread | None = None
 
 
-def _server(request: Request) -> _Server:
+async def _server(request: Request) -> _Server:
     return request.app.state.server
 
 
@@ -254,7 +254,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/v1/model", tags=["model"], response_model=schemas.ModelInfo, summary="The model being served",
              responses=_errors())
-    def model_info(server: Server, caller: Annotated[Principal, Depends(require(CAMPAIGN, RM, ADMIN))]) -> dict:
+    async def model_info(server: Server, caller: Annotated[Principal, Depends(require(CAMPAIGN, RM, ADMIN))]) -> dict:
         st = server.service.state
         return {"model_name": st.model_name, "model_version": st.model_version, "alias": str(server.service.model),
                 "as_of": st.meta.get("as_of"), "trained_at": st.meta.get("created"),
@@ -276,7 +276,7 @@ def _routes(app: FastAPI) -> None:
 
     @app.post("/v1/next-best-action", tags=["decisions"], response_model=schemas.Decision,
               summary="The next best action for one client now", responses=_errors(400, 413, e404=NOT_FOUND))
-    def next_best_action(body: schemas.NextBestActionRequest, server: Server, caller: ClientReader) -> dict:
+    async def next_best_action(body: schemas.NextBestActionRequest, server: Server, caller: ClientReader) -> dict:
         svc = server.service
         st = svc.state
         if body.top > server.settings.max_top:
@@ -317,7 +317,7 @@ def _routes(app: FastAPI) -> None:
     @app.get("/v1/clients/{customer_id}/recommendations", tags=["decisions"],
              response_model=schemas.RecommendationsResponse, summary="Top-k products after the policies",
              responses=_errors(e404=NOT_FOUND))
-    def recommendations(server: Server, caller: ClientReader,
+    async def recommendations(server: Server, caller: ClientReader,
                         customer_id: Annotated[str, Path(min_length=1, max_length=128)],
                         k: Annotated[int, Query(ge=1, le=100)] = 5) -> dict:
         st, out = server.service.recommendations(customer_id, k, rm_id=caller.rm_id)

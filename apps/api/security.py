@@ -593,7 +593,7 @@ def authenticate(keystore: KeyStore, limiter: RateLimiter | None = None) -> Auth
     return Authenticator(keystore, limiter)
 
 
-def current_principal(request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> Principal:
+async def current_principal(request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> Principal:
     """The caller, through the :class:`Authenticator` the app keeps on ``app.state.authenticator``; so
     routers can declare auth at import time while the key store is opened at startup."""
     auth = getattr(request.app.state, "authenticator", None)
@@ -615,7 +615,9 @@ def require(*scopes: str, auth: Callable[..., Principal] | None = None) -> Calla
     scopes = _check_scopes(scopes)
     allowed = " or ".join(scopes)
 
-    def check(principal: Principal = Depends(auth or current_principal)) -> Principal:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per dependency per request;
+    # the work here is a cached key lookup and a counter.
+    async def check(principal: Principal = Depends(auth or current_principal)) -> Principal:
         if not principal.can(*scopes):
             raise HTTPException(403, f"{principal} may not call this endpoint (it needs scope {allowed})")
         return principal
