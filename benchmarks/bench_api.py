@@ -2,8 +2,8 @@
 
     python benchmarks/bench_api.py --home /tmp/api100k [--customers 100000] [--duration 20] [--out FILE]
 
-Needs wrk (Debian: ``apt-get install -y wrk``). The first run builds the home (about half an hour on
-2 cores for 100,000 clients) and later runs reuse it:
+Needs wrk (Debian: ``apt-get install -y wrk``). The first run builds the home (about 5 minutes on
+2 cores for 100,000 clients, with 3 training epochs per version) and later runs reuse it:
 
     nba --home H data generate -n 100000 --workers 2        # as of today, so the data is current
     nba --home H data ingest H/synthetic
@@ -23,11 +23,15 @@ keys, 32 by default, so that no key is throttled) and the script measures, on lo
 4. ``POST /v1/score`` with 1,000 clients: median of ``--score-calls`` calls (each a different batch);
 5. 20 model hot swaps (v1/v2 alternately: ``registry.promote`` + ``POST /v1/admin/reload``) while wrk
    drives ``/v1/next-best-action`` at 4 connections: requests/s, p99, non-2xx and socket errors;
-6. resident memory of the server after the load (VmRSS, and its peak VmHWM, from /proc).
+6. resident memory of the server (VmRSS, and its peak VmHWM, from /proc) after start, after the steady
+   load and after the swaps.
 
 wrk runs with 2 threads (``--threads``) on the same machine as the server, so on 2 cores the load
-generator takes part of the CPU. Prints one JSON object with every figure at the end (also written to
-``--out``).
+generator takes part of the CPU. Each phase reports the CPU it took, in cores: the server's, wrk's, and
+that of every other process on the machine (``other_processes_cores``: a phase measured while something
+else ran is not comparable; ``--wait-quiet S`` first waits for a quiet machine). ``--profile RAW`` adds
+a py-spy sample of the server under load (where the GIL time goes, by function). Prints one JSON object
+with every figure at the end (also written to ``--out``), with the commit measured.
 """
 
 from __future__ import annotations
@@ -206,6 +210,8 @@ def run_wrk(threads: int, conns: int, seconds: int, script: Path, url: str, labe
                          check=True).stdout
     res = parse_wrk(out)
     res["cpu"] = cpu_share(before, cpu_now(pid))
+    if res["seconds"] > seconds + 2:  # wrk waits for requests in flight: the server stalled
+        res["stalled"] = True
     print(f"{label}: {res}", flush=True)
     return res
 
@@ -285,13 +291,13 @@ def vm(pid: int) -> dict:
 
 
 def commit() -> str:
-    """The checkout measured: short commit, with '+changes' when tracked files differ from it."""
+    """The checkout measured: the short commit, and the tracked files that differ from it."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+changes" if dirty else "")
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.split()
+        return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -429,7 +435,7 @@ def main() -> None:
                    "failed_requests": hs["non_2xx_3xx"] + hs["socket_errors"]})
         res["hot_swap_c4"] = hs
         print(f"hot swaps: {hs}", flush=True)
-        res["memory_after_load"] = vm(proc.pid)
+        res["memory_after_swaps"] = vm(proc.pid)
         if args.profile:
             res["profile"] = profile_server(proc.pid, args, nba_lua, f"{base}/v1/next-best-action")
     finally:

@@ -1,7 +1,6 @@
 """The scoring API's security pieces (apps/api/security.py) and `nba keys` (apps/api/keys_cli.py).
 
-The database tests run on SQLite, and on PostgreSQL too where $NBA_TEST_POSTGRES_URL names an empty
-database (postgresql://USER@HOST:PORT/DB).
+The database tests run on SQLite and on the test session's private PostgreSQL (``postgres_url``).
 """
 
 from __future__ import annotations
@@ -60,9 +59,7 @@ class FakeClock:
 def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    url = os.environ.get("NBA_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("PostgreSQL: set NBA_TEST_POSTGRES_URL to an empty database to run")
+    url = request.getfixturevalue("postgres_url")  # the session's private PostgreSQL (conftest)
     eng = sql.engine(url)
     sec.metadata.drop_all(eng)
     eng.dispose()
