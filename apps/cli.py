@@ -469,9 +469,16 @@ def outcomes_export(
     from feature_store.store import TableStore
 
     home = state.home.ensure()
+    import sqlalchemy as sa
+
     with Ledger.open(home, ledger_url) as ledger:
         v = ledger.export_outcomes(TableStore(home.store))
-    out.print("no new outcomes in the ledger" if v is None else f"outcomes exported: store version {v.name} is live")
+        with ledger.engine.connect() as c:
+            waiting = c.execute(sa.text("SELECT COUNT(*) FROM outcomes WHERE exported_version IS NULL")).scalar()
+    out.print("no new outcomes in the ledger" if v is None and not waiting else
+              f"outcomes exported: store version {v.name} is live" if v is not None else "nothing exported")
+    if waiting:
+        out.print(f"{waiting:,} outcome(s) dated after now wait for a later export")
 
 
 @outcomes_app.command("summary")
@@ -487,8 +494,11 @@ def outcomes_summary(
 
     home = state.home.ensure()
     with Ledger.open(home, ledger_url) as ledger, ledger.engine.connect() as c:
-        dec = c.execute(sa.text("SELECT source, COUNT(*), SUM(CASE WHEN contact THEN 1 ELSE 0 END) "
-                                "FROM decisions GROUP BY source ORDER BY source")).fetchall()
+        # A contact: listed (daily), or an outcome says it was delivered (the ledger's rule).
+        dec = c.execute(sa.text(
+            "SELECT source, COUNT(*), SUM(CASE WHEN contact OR decision_id IN (SELECT decision_id FROM outcomes "
+            "WHERE outcome IN ('shown', 'reached', 'accepted', 'declined')) THEN 1 ELSE 0 END) "
+            "FROM decisions GROUP BY source ORDER BY source")).fetchall()
         outc = c.execute(sa.text("SELECT outcome, COUNT(*), SUM(CASE WHEN exported_version IS NULL THEN 1 ELSE 0 "
                                  "END) FROM outcomes GROUP BY outcome ORDER BY outcome")).fetchall()
     t = RichTable("decisions from", "rows", "contacts", title="contact ledger")
@@ -620,9 +630,12 @@ def _demo_api(home: Home) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # Decisions are recorded at noon of the features' day, in the bank's zone (the demo's data is current).
-    noon = datetime.combine(day, clock_time(12), tzinfo=ZoneInfo(load_bank_config().time_zone))
-    server = uvicorn.Server(uvicorn.Config(create_app(home, poll=False, clock=lambda: noon), host="127.0.0.1",
+    # Decisions are recorded on the real clock when the features are today's (the demo's data is current),
+    # else at noon of the features' day in the bank's zone (a replay of a past day).
+    zone = ZoneInfo(load_bank_config().time_zone)
+    noon = datetime.combine(day, clock_time(12), tzinfo=zone)
+    clock = None if datetime.now(zone).date() == day else (lambda: noon)
+    server = uvicorn.Server(uvicorn.Config(create_app(home, poll=False, clock=clock), host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     t0 = time.perf_counter()
@@ -705,8 +718,9 @@ def _demo_api(home: Home) -> None:
         thread.join(timeout=10)
     with Ledger.open(home) as ledger:
         v = ledger.export_outcomes(TableStore(home.store))
-    out.print(f"outcomes exported from the ledger to the store: version {v.name if v else '(none)'} is live; "
-              f"the next training and features read them")
+    out.print("no outcomes to export yet" if v is None else
+              f"outcomes exported from the ledger to the store: version {v.name} is live; the next training and "
+              f"the features read them")
 
 
 def _demo_rm_list(home: Home, day) -> None:

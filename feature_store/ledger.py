@@ -409,7 +409,8 @@ class Ledger:
 
     def record_outcome(self, decision_id: str, outcome: str, *, idempotency_key: str, key_id: str = "",
                        outcome_at: datetime | None = None, reason: str | None = None, source: str = "api",
-                       request_hash: str = "", now: datetime | None = None) -> tuple[dict, bool]:
+                       request_hash: str = "", now: datetime | None = None,
+                       channel: str | None = None) -> tuple[dict, bool]:
         """Record one outcome of a decision; returns (the stored outcome row, replayed) after its commit.
 
         Idempotent per caller: a second request with the same (``key_id``, ``idempotency_key``) and the
@@ -422,7 +423,10 @@ class Ledger:
         ``outcome_at``: when it happened (default ``now``, which defaults to the clock); tz-aware values
         are converted, naive ones are UTC. It may not lie more than 5 minutes after ``now``, nor before
         the decision's day began in the bank's zone, nor more than 5 minutes before the decision was made.
-        Raises ``LedgerError`` naming the field, ``UnknownDecision`` for an unknown ``decision_id``.
+        ``channel``: the channel it was delivered on, when not the one the decision proposed (the same
+        decision can be served on several channels in a day). A control-group decision takes no outcome
+        (no action was taken). Raises ``LedgerError`` naming the field, ``UnknownDecision`` for an unknown
+        ``decision_id``.
         """
         now = _naive_utc(now, "now") if now is not None else _utcnow()
         if outcome not in ACTION_OUTCOME_VALUES:
@@ -431,6 +435,8 @@ class Ledger:
             raise LedgerError("reason", f"only a decline has a reason (outcome {outcome!r}, reason {reason!r})")
         if not idempotency_key:
             raise LedgerError("idempotency_key", "empty")
+        if channel is not None and channel not in CHANNELS:
+            raise LedgerError("channel", f"{channel!r} is not one of {', '.join(CHANNELS)}")
         at = _naive_utc(outcome_at, "outcome_at") if outcome_at is not None else now
         if at > now + CLOCK_SKEW:
             raise LedgerError("outcome_at", f"{_iso(at)} lies in the future (now {_iso(now)}; "
@@ -447,6 +453,9 @@ class Ledger:
                 dec = dec.first()
                 if dec is None:
                     raise UnknownDecision(decision_id)
+                if dec["control_group"]:
+                    raise LedgerError("decision_id", f"{decision_id} is a control-group decision: the client was "
+                                                     f"held out and no action was taken")
                 start = day_start(dec["day"], self.time_zone)
                 if at < start:
                     raise LedgerError("outcome_at", f"{_iso(at)} is before the decision's day {dec['day']} began "
@@ -457,6 +466,7 @@ class Ledger:
                 values = {"key_id": key_id, "idempotency_key": idempotency_key, "request_hash": request_hash,
                           **{k: dec[k] for k in ("decision_id", "customer_id", "action_id", "action_family",
                                                  "product_id", "channel", "decided_at")},
+                          **({"channel": channel} if channel is not None else {}),
                           "outcome": outcome, "reason": reason, "outcome_at": at, "recorded_at": now,
                           "source": source, "exported_version": None}
                 new_id = c.execute(sa.insert(outcomes).values(**values).returning(outcomes.c.id)).scalar_one()

@@ -138,10 +138,16 @@ class DecisionService:
                 if not force and self._state is not None and self._state.key() == key:
                     return False, "unchanged"
                 state = self._build(mv, live, store)
-            except (NBAError, OSError, ValueError, KeyError) as e:
-                self.last_error = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - any failure to load (a truncated file: BadZipFile,
+                # a FAISS RuntimeError) is a refusal: the current state keeps serving
+                hint = ""
+                if not isinstance(e, NBAError):
+                    hint = (f" (a damaged download? remove {self.home.root / 'models'}/<name>-v<N>-*/ to fetch it "
+                            f"again from MLflow)")
+                self.last_error = f"{type(e).__name__}: {e}{hint}"
                 raise ServingError(f"reload refused, still serving "
-                                   f"{self._state.label if self._state else 'nothing'}: {e}") from None
+                                   f"{self._state.label if self._state else 'nothing'}: "
+                                   f"{type(e).__name__}: {e}{hint}") from None
             old, self._state = self._state, state  # one reference switch
             self.last_error = None
             return True, (f"loaded {state.label} (index {state.build_id}, features {state.online_version})"
@@ -256,7 +262,7 @@ class DecisionService:
                 row.append({"action_id": cat.actions[j].action_id, "propensity": round(float(d["P"][i, j]), 5),
                             "priority": round(pri, 4) if ok else None,
                             "channel": CHANNELS[int(d["action_channel"][i, j])] if ok else None,
-                            "removed_by": names[rb - 1] if rb else (None if ok else "not_worth_contacting")})
+                            "removed_by": names[rb - 1] if rb else (None if ok else "min_priority")})
             scores.append(row)
         return state, out, scores
 
@@ -272,18 +278,19 @@ class DecisionService:
         for r in out:
             r["model_version"] = state.label
             r["as_of"] = state.day.isoformat()
-            a = r["actions"][0] if r["actions"] else None
             held = r["held_out"]
             r["decision_id"] = None
-            if a is None and held is None:
+            if not r["actions"] and held is None:
                 continue
-            chosen = a or held
-            r["decision_id"] = chosen["decision_id"]
-            act = state.catalog.actions[state.catalog.index(chosen["action_id"])]
-            rows.append({"decision_id": chosen["decision_id"], "date": state.day, "customer_id": r["customer_id"],
-                         "action_id": act.action_id, "action_family": act.family, "product_id": act.product_id,
-                         "channel": a["channel"] if a else act.channels[0], "control_group": held is not None,
-                         "model_version": state.label})
+            r["decision_id"] = (r["actions"][0] if r["actions"] else held)["decision_id"]
+            # Every action shown gets its decision in the ledger (a tool may show the top 3 and the client
+            # take the second); none counts as a contact until an outcome says it was delivered.
+            for a in r["actions"] or [held]:
+                act = state.catalog.actions[state.catalog.index(a["action_id"])]
+                rows.append({"decision_id": a["decision_id"], "date": state.day, "customer_id": r["customer_id"],
+                             "action_id": act.action_id, "action_family": act.family, "product_id": act.product_id,
+                             "channel": a.get("channel") or act.channels[0], "control_group": held is not None,
+                             "model_version": state.label})
         if record and rows:
             self.ledger.record_decisions(rows, source="api", decided_at=now)
         return state, out, d, ids

@@ -288,12 +288,18 @@ def _at(day: date, hour: int = 12) -> str:
 
 
 def test_outcomes_are_idempotent_and_validated(client, keys):
-    d = None
-    for cid in keys["own"][10:60]:
-        d = nba(client, keys["campaign"], cid).json()["decision_id"]
-        if d:
+    d = second = held = None
+    for cid in keys["own"][10:] + keys["other"]:
+        ans = nba(client, keys["campaign"], cid, top=3).json()
+        if ans["actions"] and d is None:
+            d = ans["decision_id"]
+        if len(ans["actions"]) >= 2 and second is None:
+            second = ans["actions"][1]["decision_id"]
+        if ans["control_group"] and held is None:
+            held = ans["decision_id"]
+        if d and second and held:
             break
-    assert d
+    assert d and second and held
     first = _outcome(client, keys["campaign"], d, "shown", "k-1", outcome_at=_at(AS_OF))
     assert first.status_code == 200 and first.json()["replayed"] is False
     again = _outcome(client, keys["campaign"], d, "shown", "k-1", outcome_at=_at(AS_OF))
@@ -308,6 +314,29 @@ def test_outcomes_are_idempotent_and_validated(client, keys):
     assert r.status_code == 422 and "outcome_at" in r.text
     r = client.post("/v1/outcomes", json={"decision_id": d, "outcome": "shown"}, headers=H(keys["campaign"]))
     assert r.status_code == 422 and "Idempotency-Key" in r.text
+    # A time without its UTC offset is ambiguous: refused, naming the field.
+    r = _outcome(client, keys["campaign"], d, "reached", "k-6", outcome_at="2026-06-01T12:00:00")
+    assert r.status_code == 422 and "outcome_at" in r.text
+    # Every action shown has its decision: the client took the second one, on another channel.
+    r = _outcome(client, keys["campaign"], second, "accepted", "k-7", channel="branch")
+    assert r.status_code == 200, r.text
+    # A held-out (control-group) client had no action: no outcome for it.
+    r = _outcome(client, keys["campaign"], held, "shown", "k-8")
+    assert r.status_code == 422 and "control-group" in r.text
+
+
+@pytest.mark.parametrize("raw", [
+    '{"customer_id": "C1", "top": NaN}', '{"customer_id": "C1", "top": Infinity}', '{"customer_id": "C1", "top": 1e400}',
+    '{"customer_id": "\\ud800"}', '{"customer_id": "C1", "context": {"campaign_id": "\\ud800"}}',
+    '["C00000042", NaN]', '{"customer_id": "C1", "context": {"candidates": []}}'])
+def test_values_json_cannot_carry_back_are_a_422_not_a_500(client, keys, raw):
+    r = client.post("/v1/next-best-action", content=raw, headers=H(keys["campaign"], **{"content-type": "application/json"}))
+    assert r.status_code == 422, r.text
+    assert all(set(e) == {"loc", "msg", "type"} for e in r.json()["detail"])  # the bad value is not echoed
+
+
+def test_head_healthz(client):
+    assert client.head("/healthz").status_code == 200
 
 
 def test_one_ledger_for_the_api_and_the_daily_run(home, keys, client):
@@ -418,6 +447,11 @@ def test_a_broken_bundle_is_refused_and_the_old_one_keeps_serving(home, keys, cl
         np.savez(b.path / "embeddings.npz", **emb)
         r = client.post("/v1/admin/reload", headers=H(keys["admin"]))
         assert r.status_code == 409 and "NaN" in r.text
+        # A truncated download (BadZipFile) is a refusal too, with a hint to fetch it again.
+        raw = (b.path / "embeddings.npz").read_bytes()
+        (b.path / "embeddings.npz").write_bytes(raw[:1000])
+        r = client.post("/v1/admin/reload", headers=H(keys["admin"]))
+        assert r.status_code == 409 and "fetch it again" in r.text
         np.savez(b.path / "embeddings.npz", **emb_saved)
     finally:
         meta_file.write_text(saved)

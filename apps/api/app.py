@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from bundle import registry
@@ -156,6 +157,24 @@ def create_app(home: Home | None = None, settings: ServingSettings | None = None
     async def _not_ready(request: Request, exc: ServingError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler sends each bad value back (``input``), which fails to encode for NaN,
+        # infinities or lone surrogates (a 500), echoes whatever was sent, and puts client ids into the
+        # logs of that failure: the answer names the field and the problem only.
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                                         "type": str(e.get("type", ""))} for e in exc.errors()]},
+                            status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # The log says where and what kind, not the message (it may hold a client's data); set
+        # NBA_LOG_TRACEBACKS=1 to log the traceback as well.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route,
+                  exc_info=exc if os.environ.get("NBA_LOG_TRACEBACKS") == "1" else None)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
     @app.exception_handler(NBAError)
     async def _bad_request(request: Request, exc: NBAError) -> JSONResponse:
         # The documented 422 body: a list of problems, each naming its field (``loc``) where the error knows it.
@@ -233,7 +252,7 @@ def _count(decisions: list[dict]) -> None:
 
 
 def _routes(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["operations"], summary="The process is up")
     def healthz() -> dict:
         return {"status": "ok"}
 
@@ -241,8 +260,9 @@ def _routes(app: FastAPI) -> None:
              responses={503: {"description": "not ready yet, or the last load failed"}})
     def readyz(server: Server) -> JSONResponse:
         svc = server.service
-        if not svc.ready:
-            return JSONResponse({"status": "not ready", "detail": svc.last_error or "loading"}, status_code=503)
+        if not svc.ready:  # the reason without paths or URLs (this endpoint needs no key); the log has it all
+            reason = (svc.last_error or "loading").split(" (tracking ", 1)[0]
+            return JSONResponse({"status": "not ready", "detail": reason}, status_code=503)
         st = svc.state
         return JSONResponse({"status": "ready", "model_version": st.label, "index_build": st.build_id,
                              "features_as_of": st.day.isoformat()})
@@ -368,6 +388,8 @@ def _routes(app: FastAPI) -> None:
                                                                     "same key and body is answered from the "
                                                                     "stored outcome")]) -> dict:
         svc = server.service
+        if caller.rm_id is not None:
+            svc.state  # noqa: B018 - an RM's answer depends on its book: 503 for every decision until ready
         dec = server.ledger.decision(body.decision_id)
         if dec is None or (caller.rm_id is not None and
                            not svc.features([dec["customer_id"]], svc.state, caller.rm_id)[0]):
@@ -376,7 +398,7 @@ def _routes(app: FastAPI) -> None:
         try:
             row, replayed = server.ledger.record_outcome(
                 body.decision_id, body.outcome, idempotency_key=idempotency_key, key_id=caller.key_id,
-                outcome_at=body.outcome_at, reason=body.reason, source="api", now=svc.clock(),
+                outcome_at=body.outcome_at, reason=body.reason, source="api", now=svc.clock(), channel=body.channel,
                 request_hash=hashlib.sha256(canon.encode()).hexdigest())
         except UnknownDecision:
             raise HTTPException(404, "unknown decision_id") from None

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from nba.schema import ACTION_OUTCOME_VALUES, CHANNELS
 
+
+def _unicode(s: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate such as ``\\ud800`` decodes from JSON but
+    cannot be stored, logged or sent back)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return s
+
+
 # A client, action or decision id as banks write them: 1-128 printable characters.
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["C00000042"])]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["C00000042"]),
+               AfterValidator(_unicode)]
+Text = Annotated[str, Field(max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$"), AfterValidator(_unicode)]
 Channel = Literal[tuple(CHANNELS)]  # type: ignore[valid-type]
 Outcome = Literal[tuple(ACTION_OUTCOME_VALUES)]  # type: ignore[valid-type]
 
@@ -31,8 +43,8 @@ class Context(_Strict):
     channel: Channel | None = Field(None, description="the channel the client is on now (an inbound call: "
                                     "phone; an app session: app); only actions deliverable on it are proposed")
     campaign_id: Id | None = Field(None, description="the calling campaign, echoed in the answer")
-    candidates: list[Id] | None = Field(None, max_length=500, description="action ids (or product ids, "
-                                        "meaning their offers) to choose among; default all")
+    candidates: list[Id] | None = Field(None, min_length=1, max_length=500, description="action ids (or "
+                                        "product ids, meaning their offers) to choose among; default all")
     exclude: list[Id] = Field(default_factory=list, max_length=500, description="action or product ids never "
                               "to propose")
 
@@ -94,8 +106,8 @@ class Decision(BaseModel):
 
 class ScoreRequest(_Strict):
     customer_ids: list[Id] = Field(min_length=1, description="at most serving.max_batch clients")
-    candidates: list[Id] | None = Field(None, max_length=500, description="action or product ids to score "
-                                        "for each client; default the decision only")
+    candidates: list[Id] | None = Field(None, min_length=1, max_length=500, description="action or product "
+                                        "ids to score for each client; default the decision only")
     channel: Channel | None = None
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
@@ -108,7 +120,8 @@ class CandidateScore(BaseModel):
     priority: float | None = Field(description="expected net value at its best allowed channel; null when a "
                                    "policy removed it")
     channel: str | None
-    removed_by: str | None
+    removed_by: str | None = Field(description="the policy_trace rule that removed it, or min_priority: allowed "
+                                   "but worth less than policy.min_priority on every allowed channel")
 
 
 class ScoreResult(BaseModel):
@@ -173,8 +186,11 @@ class LookalikeResponse(BaseModel):
 class OutcomeRequest(_Strict):
     decision_id: Id
     outcome: Outcome
-    reason: str | None = Field(None, max_length=500, description="why the client declined (declines only)")
-    outcome_at: datetime | None = Field(None, description="when it happened (ISO 8601 with offset; default now)")
+    reason: Text | None = Field(None, description="why the client declined (declines only; no control characters)")
+    outcome_at: AwareDatetime | None = Field(None, description="when it happened, ISO 8601 with a UTC offset "
+                                             "(default now)")
+    channel: Channel | None = Field(None, description="the channel it was delivered on, when not the one the "
+                                    "decision proposed")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"decision_id": "N0123456789abcdef", "outcome": "declined", "reason": "not interested",

@@ -9,7 +9,7 @@ builder that runs in each replica, ``replicas`` copies behind Ray Serve's HTTP p
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from pathlib import Path
 
 from bundle import registry
@@ -40,7 +40,11 @@ def run_uvicorn(home: Home, *, host: str = "127.0.0.1", port: int = 8000, worker
     clock = clock_from_env()  # a bad $NBA_SERVE_CLOCK fails here, before anything starts
     os.environ.update(_env(home, model, ledger_url, online_url, config))
     if workers > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="nba-prometheus-"))
+        # The workers' Prometheus samples, inside NBA_HOME (nothing is written elsewhere), emptied per start.
+        prom = home.root / "run" / f"prometheus-{port}"
+        shutil.rmtree(prom, ignore_errors=True)
+        prom.mkdir(parents=True)
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom))
         uvicorn.run("apps.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level)
         return
