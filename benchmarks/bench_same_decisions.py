@@ -45,12 +45,14 @@ def main() -> None:
         for name in ("before", "after"):
             homes[name] = Path(tmp) / name
             shutil.copytree(args.home, homes[name], symlinks=True, copy_function=os.link,
-                            ignore=shutil.ignore_patterns("daily", "ray_results"))
+                            # No ledger: a hard-linked SQLite file would be written through by both runs.
+                            ignore=shutil.ignore_patterns("daily", "ray_results", "ledger.sqlite*"))
         before = _daily(args.src.resolve(), homes["before"], args.date)
         after = _daily(args.this.resolve(), homes["after"], args.date)
     cols = [c for c in before.columns if c in after.columns]
     b, a = before.reset_index(drop=True), after.reset_index(drop=True)
-    differ = {c: int((b[c].astype(str) != a[c].astype(str)).sum()) for c in cols if not b[c].equals(a[c])}
+    differ = ({c: int((b[c].astype(str) != a[c].astype(str)).sum()) for c in cols if not b[c].equals(a[c])}
+              if len(b) == len(a) else {})
     print(json.dumps({"rows_before": len(before), "rows_after": len(after), "columns_compared": len(cols),
                       "columns_only_before": sorted(set(before.columns) - set(after.columns)),
                       "columns_only_after": sorted(set(after.columns) - set(before.columns)),

@@ -350,6 +350,7 @@ class _Static:
     invest: np.ndarray     # [A] offers: an investment product (suitability applies)
     action_ids: np.ndarray  # [A] object
     product_rows: dict = None  # product_id -> the product's row as a dict (talking points)
+    segment_cache: dict = None  # segment -> [A] bool (see _segment_rows)
 
 
 FAMILIES = ("product_offer", "care_contact", "retention_offer")
@@ -388,13 +389,27 @@ def _build_static(catalog: Catalog) -> _Static:
     return _Static(
         min_age=min_age, segments=segments, margins=prods["annual_margin"].to_numpy(float), risk=risk,
         invest=invest, action_ids=np.array([a.action_id for a in catalog.actions], dtype=object),
-        product_rows={pid: row for pid, row in zip(prods.index, prods.to_dict("records"))},
+        product_rows={pid: row for pid, row in zip(prods.index, prods.to_dict("records"))}, segment_cache={},
         fam=np.array([FAMILIES.index(a.family) for a in catalog.actions]),
         prod=np.array([pidx[a.product_id] if a.product_id else -1 for a in catalog.actions]),
         ch=ch, cost=np.array([a.cost for a in catalog.actions]), lever=np.array([a.lever for a in catalog.actions]),
         cooldown=np.array([a.cooldown_days for a in catalog.actions], float),
         resp=np.array([cfg[c].response for c in CHANNELS]), ccost=np.array([cfg[c].cost for c in CHANNELS]),
         in_person=np.array([cfg[c].in_person for c in CHANNELS]))
+
+
+def _segment_rows(S: _Static, segs: np.ndarray) -> np.ndarray:
+    """``[n, A]`` bool: each client's segment is among the eligible segments of each action's product
+    (True for actions without a product). One row per distinct segment, computed once per catalog."""
+    cache = S.segment_cache
+    uniq, inv = np.unique(segs.astype(str), return_inverse=True)
+    rows = []
+    for s in uniq.tolist():
+        row = cache.get(s)
+        if row is None:
+            row = cache[s] = np.array([True if g is None else s in g for g in S.segments], bool)
+        rows.append(row)
+    return np.stack(rows)[inv.reshape(-1)]
 
 
 def _care_triggers(feats, catalog: Catalog, day: date) -> dict[str, np.ndarray]:
@@ -452,9 +467,9 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
     P[:, offer_cols] = _nan0(pp[:, S.prod[offer_cols]])
     V[:, offer_cols] = margins[S.prod[offer_cols]] * pol.value_years * S.lever[offer_cols]
     segs = _s(f, "segment")
-    for j in offer_cols:
-        ok_seg = np.array([s in S.segments[j] for s in segs], bool)
-        elig[:, j] = (age >= S.min_age[j]) & ok_seg & ~np.isnan(pp[:, S.prod[j]])
+    seg_ok = _segment_rows(S, segs)  # [n, A] the client's segment may have the action's product
+    elig[:, offer_cols] = (age[:, None] >= S.min_age[offer_cols][None, :]) & seg_ok[:, offer_cols] \
+        & ~np.isnan(pp[:, S.prod[offer_cols]])
     triggers = _care_triggers(f, catalog, day)
     churn0 = _nan0(churn)
     for j, a in enumerate(catalog.actions):

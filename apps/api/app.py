@@ -238,17 +238,24 @@ def _candidates(state, ids: list[str] | None) -> list[str] | None:
 
 
 def _count(decisions: list[dict]) -> None:
+    """Decisions by family and channel, policy removals by rule: summed first, one increment per label."""
+    removals: dict[str, int] = {}
+    answered: dict[tuple[str, str], int] = {}
     for d in decisions:
         for rule, removed in d["policy_trace"].items():
             if rule not in ("passed", "chosen") and removed:
-                metrics.POLICY_REMOVALS.labels(rule).inc(len(removed))
+                removals[rule] = removals.get(rule, 0) + len(removed)
         if d["actions"]:
-            a = d["actions"][0]
-            metrics.DECISIONS.labels(a["action_family"], a["channel"]).inc()
+            key = (d["actions"][0]["action_family"], d["actions"][0]["channel"])
         elif d["control_group"]:
-            metrics.DECISIONS.labels(d["held_out"]["action_family"], "control_group").inc()
+            key = (d["held_out"]["action_family"], "control_group")
         else:
-            metrics.DECISIONS.labels("none", "none").inc()
+            key = ("none", "none")
+        answered[key] = answered.get(key, 0) + 1
+    for rule, n in removals.items():
+        metrics.POLICY_REMOVALS.labels(rule).inc(n)
+    for (family, channel), n in answered.items():
+        metrics.DECISIONS.labels(family, channel).inc(n)
 
 
 def _routes(app: FastAPI) -> None:
