@@ -17,7 +17,8 @@ class ServingSettings(BaseModel):
     max_seeds: int = Field(10_000, ge=1, description="seed clients per lookalike request")
     max_audience: int = Field(100_000, ge=1, description="clients per lookalike answer")
     max_top: int = Field(20, ge=1, le=200, description="ranked actions per next-best-action answer")
-    rate_limit: str = Field("6000/minute", description="per API key, in the notation of the limits library")
+    rate_limit: str = Field("60000/minute", description="per API key, in the notation of the limits library "
+                            "(1,000 requests/s: a campaign system scores in bulk)")
     rate_limit_storage: str = Field("memory://", description="memory:// (per process) or redis://HOST:PORT/DB")
     reload_poll_seconds: float = Field(30.0, ge=0, description="0: no polling (POST /v1/admin/reload only)")
 
