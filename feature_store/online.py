@@ -64,6 +64,14 @@ class OnlineStore(ABC):
         columns, raws = self._fetch(customer_ids)
         return [None if r is None else dict(zip(columns, orjson.loads(r))) for r in raws]
 
+    def get_rows(self, customer_ids: Sequence[str]) -> tuple[list[str], list[list | None]]:
+        """The live snapshot's column names and each customer's values in that order (None: unknown);
+        cheaper than :meth:`get_many` for callers that build columns (no dict per customer)."""
+        if not customer_ids:
+            return [], []
+        columns, raws = self._fetch(customer_ids)
+        return columns, [None if r is None else orjson.loads(r) for r in raws]
+
     def close(self) -> None:  # noqa: B027 - optional for backends
         pass
 

@@ -715,14 +715,20 @@ def _pct(x: float) -> str:
 
 
 def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
-            cohort: pd.DataFrame, review: np.ndarray, day: date) -> tuple[list[str], list[str]]:
+            cohort: pd.DataFrame, review: np.ndarray, day: date,
+            records: list[dict] | None = None) -> tuple[list[str], list[str]]:
     """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision on ``day``, from the
     evidence."""
     S = _static(catalog)
     reasons, points = [], []
-    age = _f(f, "age", 0)
+    if records is None:
+        records = _records(f)
+        age = _f(f, "age", 0)
+    else:  # the rows as dicts already (the API): the same ages as _f gives
+        age = np.array([_number(r.get("age")) for r in records], dtype="float64")
+        age = np.where(np.isnan(age), 0.0, age)
     bands = age_band(age)
-    for i, (a, r) in enumerate(zip(actions, _records(f))):
+    for i, (a, r) in enumerate(zip(actions, records)):
         codes, tp = [], []
         health = float(r.get("health_score", np.nan))
         stage = r.get("lifecycle_stage")
@@ -861,9 +867,8 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                 out.append(row)
                 continue
             acts = [catalog.actions[j] for j in order]
-            rep = {c: [v] * len(order) for c, v in r.items()}
-            reasons, points = explain(rep, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
-                                      catalog, cohort, d["rm_review"][i, order], day)
+            reasons, points = explain(None, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
+                                      catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order))
             for k, (j, a) in enumerate(zip(order, acts)):
                 c = CHANNELS[d["action_channel"][i, j]]
                 row["actions"].append({

@@ -15,6 +15,7 @@ finishes on that state, so a swap never fails a request in flight.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -149,9 +150,18 @@ class DecisionService:
                                    f"{self._state.label if self._state else 'nothing'}: "
                                    f"{type(e).__name__}: {e}{hint}") from None
             old, self._state = self._state, state  # one reference switch
+            replaced = old.label if old else None
             self.last_error = None
+            # The state is millions of long-lived objects (id maps, cohort tables, history): out of the
+            # cyclic GC's generations, so that its full collections (pauses of 100s of ms, seen as p99
+            # spikes) do not walk them again and again. Before freezing again, the last frozen objects are
+            # released and collected, so an old state caught in a reference cycle is freed, not leaked.
+            del old
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             return True, (f"loaded {state.label} (index {state.build_id}, features {state.online_version})"
-                          + (f", replacing {old.label}" if old else ""))
+                          + (f", replacing {replaced}" if replaced else ""))
 
     def _build(self, mv, live: dict, store) -> ServingState:
         snap = load_for_version(self.home, int(mv.version), mv.name, self.device)
@@ -189,12 +199,26 @@ class DecisionService:
                  ) -> tuple[list[str], dict[str, np.ndarray]]:
         """The live online features of the known clients among ``customer_ids`` (in their order), as typed
         column arrays. With ``rm_id``, clients outside that RM's book are left out, exactly as unknown ones."""
-        docs = self.online.get_many(list(customer_ids))
-        found = [(c, d) for c, d in zip(customer_ids, docs) if d is not None and (rm_id is None or d.get("rm_id") == rm_id)]
+        columns, rows = self.online.get_rows(list(customer_ids))
+        pos = {c: k for k, c in enumerate(columns)}
+        rm_col = pos.get("rm_id")
+        found = [(c, r) for c, r in zip(customer_ids, rows)
+                 if r is not None and (rm_id is None or (rm_col is not None and r[rm_col] == rm_id))]
         ids = [c for c, _ in found]
         cols: dict[str, np.ndarray] = {}
         if not found:
             return ids, cols
+        by_column = list(zip(*(r for _, r in found)))  # one tuple of values per column of the snapshot
+        for c, kind in state.kinds.items():
+            k = pos.get(c)
+            vals = by_column[k] if k is not None else (None,) * len(found)
+            if kind == "num":
+                cols[c] = np.array([np.nan if v is None else v for v in vals], dtype="float64")
+            elif kind == "bool":
+                cols[c] = np.array([bool(v) for v in vals], dtype=bool)
+            else:
+                cols[c] = np.array(vals, dtype=object)
+        return ids, cols
         for c, kind in state.kinds.items():
             vals = [d.get(c) for _, d in found]
             if kind == "num":
