@@ -457,11 +457,14 @@ def bench_recsys(
 # nba demo
 
 
+LedgerOpt = Annotated[str | None, typer.Option(
+    "--ledger-url", help="Serving database: sqlite:///PATH or postgresql://... (default: $NBA_LEDGER_URL, else "
+    "SQLite in NBA_HOME).", show_default=False)]
+
+
 @outcomes_app.command("export")
 def outcomes_export(
-    ledger_url: Annotated[str | None, typer.Option(
-        "--ledger-url", help="Serving database (default: $NBA_LEDGER_URL, else SQLite in NBA_HOME).",
-        show_default=False)] = None,
+    ledger_url: LedgerOpt = None,
 ) -> None:
     """Append the ledger's new outcomes (API, workbench) to the store's action_outcomes: one store
     version, so they become training labels and features."""
@@ -483,9 +486,7 @@ def outcomes_export(
 
 @outcomes_app.command("summary")
 def outcomes_summary(
-    ledger_url: Annotated[str | None, typer.Option(
-        "--ledger-url", help="Serving database (default: $NBA_LEDGER_URL, else SQLite in NBA_HOME).",
-        show_default=False)] = None,
+    ledger_url: LedgerOpt = None,
 ) -> None:
     """Decisions and outcomes in the ledger, by source and outcome."""
     import sqlalchemy as sa
@@ -521,9 +522,7 @@ def serve_api(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="Ray cluster for --ray (default: a local Ray).", show_default=False)] = None,
     model_version: ModelOpt = "champion",
-    ledger_url: Annotated[str | None, typer.Option(
-        "--ledger-url", help="Serving database: sqlite:///PATH or postgresql://... (default: $NBA_LEDGER_URL, "
-        "else SQLite in NBA_HOME).", show_default=False)] = None,
+    ledger_url: LedgerOpt = None,
     config: Annotated[Path | None, typer.Option(
         "--config", help="Serving settings (default: configs/serving.yaml).", show_default=False)] = None,
 ) -> None:

@@ -219,15 +219,6 @@ class DecisionService:
             else:
                 cols[c] = np.array(vals, dtype=object)
         return ids, cols
-        for c, kind in state.kinds.items():
-            vals = [d.get(c) for _, d in found]
-            if kind == "num":
-                cols[c] = np.array([np.nan if v is None else v for v in vals], dtype="float64")
-            elif kind == "bool":
-                cols[c] = np.array([bool(v) for v in vals], dtype=bool)
-            else:
-                cols[c] = np.array(vals, dtype=object)
-        return ids, cols
 
     def inputs(self, ids: Sequence[str], state: ServingState) -> Inputs:
         """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it)."""
