@@ -474,3 +474,37 @@ def test_the_poller_follows_the_champion_alias(home, keys):
             assert nba(c, keys["campaign"], keys["own"][0]).json()["model_version"].endswith("/2")
         finally:
             registry.promote(home, 1)
+
+
+def test_the_replayed_clock_is_one_clock_for_all_workers(monkeypatch):
+    """``$NBA_SERVE_CLOCK`` with the anchor ``nba serve`` pins (clock_env): processes started at different
+    moments read the same instant, so a decision of one worker is never stamped after the outcome another
+    recorded for it (the CI failure of 2026-12-01); bad values name the variable."""
+    import time as _time
+
+    from apps.api.app import CLOCK_ANCHOR_ENV, CLOCK_ENV, clock_env, clock_from_env
+    from nba.errors import ConfigError
+
+    NOON = CLOCK()
+
+    monkeypatch.delenv(CLOCK_ANCHOR_ENV, raising=False)
+    monkeypatch.delenv(CLOCK_ENV, raising=False)
+    assert clock_env() == {} and clock_from_env() is None
+    monkeypatch.setenv(CLOCK_ENV, NOON.isoformat())
+    env = clock_env()
+    assert env[CLOCK_ENV] == NOON.isoformat() and float(env[CLOCK_ANCHOR_ENV]) <= _time.time()
+    monkeypatch.setenv(CLOCK_ANCHOR_ENV, env[CLOCK_ANCHOR_ENV])
+    assert clock_env() == env  # an anchor already set is kept (workers of workers)
+    first = clock_from_env()
+    _time.sleep(0.05)
+    second = clock_from_env()  # a worker started later
+    a, b = first(), second()
+    assert abs((b - a).total_seconds()) < 0.02
+    assert NOON <= a < NOON + timedelta(minutes=1) and a.tzinfo is not None
+    monkeypatch.setenv(CLOCK_ANCHOR_ENV, "soon")
+    with pytest.raises(ConfigError, match=CLOCK_ANCHOR_ENV):
+        clock_from_env()
+    monkeypatch.setenv(CLOCK_ANCHOR_ENV, env[CLOCK_ANCHOR_ENV])
+    monkeypatch.setenv(CLOCK_ENV, "2026-06-01T12:00:00")  # no offset
+    with pytest.raises(ConfigError, match=CLOCK_ENV):
+        clock_from_env()

@@ -68,6 +68,7 @@ def start_server(home, ledger_url: str, workdir: Path, *args: str) -> Server:
     log = workdir / "server.log"
     env = {**os.environ, "NBA_SERVE_CLOCK": NOON.isoformat(), "PYTHONUNBUFFERED": "1"}
     env.pop("NBA_LEDGER_URL", None)
+    env.pop("NBA_SERVE_CLOCK_ANCHOR", None)  # pinned by `nba serve` itself, for all its workers
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "apps.cli", "--home", str(home.root), "serve",
                                  "--port", str(port), "--ledger-url", ledger_url, *args],

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from nba.errors import ConfigError
-from serving.index import IndexSpec, RetrievalError, VectorIndex, recall_at_k, self_check
+from serving.index import (
+    IndexSpec,
+    RetrievalError,
+    VectorIndex,
+    recall_at_k,
+    self_check,
+)
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

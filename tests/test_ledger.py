@@ -19,7 +19,14 @@ import pytest
 import sqlalchemy as sa
 
 from feature_store.ingest import ingest
-from feature_store.ledger import IdempotencyConflict, Ledger, LedgerError, UnknownDecision, decisions, outcomes
+from feature_store.ledger import (
+    IdempotencyConflict,
+    Ledger,
+    LedgerError,
+    UnknownDecision,
+    decisions,
+    outcomes,
+)
 from feature_store.outcomes import decision_outcomes, record_outcomes
 from feature_store.store import TableStore
 from nba.decision import HISTORY_COLUMNS

@@ -13,7 +13,11 @@ from nba.errors import DataValidationError
 from nba.metrics import ranking_metrics
 from nba.ranking import top_k
 from recsys_bench.datasets import detect_format, load
-from recsys_bench.protocols import lightgcn_all_ranking, recommenders_top_k, stratified_split
+from recsys_bench.protocols import (
+    lightgcn_all_ranking,
+    recommenders_top_k,
+    stratified_split,
+)
 
 # ../shared/datasets beside the repository (read in place), or NBA_DATASETS.
 SHARED = Path(os.environ.get("NBA_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

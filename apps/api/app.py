@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -428,13 +428,28 @@ def _iso(v) -> str:
 
 
 CLOCK_ENV = "NBA_SERVE_CLOCK"
+CLOCK_ANCHOR_ENV = "NBA_SERVE_CLOCK_ANCHOR"
+
+
+def clock_env() -> dict[str, str]:
+    """``$NBA_SERVE_CLOCK`` pinned to the present real time (``$NBA_SERVE_CLOCK_ANCHOR``, Unix seconds,
+    unless already set), as environment variables for the workers or replicas to start: with one anchor
+    they all read the same clock, where each process starting the replayed day at its own start would
+    disagree with the others by the gap between the starts (a decision of one worker stamped after the
+    outcome another recorded for it). Empty when no clock is set."""
+    raw = os.environ.get(CLOCK_ENV, "").strip()
+    if not raw:
+        return {}
+    return {CLOCK_ENV: raw, CLOCK_ANCHOR_ENV: os.environ.get(CLOCK_ANCHOR_ENV, "").strip() or repr(time.time())}
 
 
 def clock_from_env() -> Callable[[], datetime] | None:
     """The API's clock from ``$NBA_SERVE_CLOCK``, an ISO 8601 instant with its offset
-    (``2026-06-01T12:00:00+00:00``; for tests and replays of a past day): it starts at that instant when this
-    is called and runs forward at the real pace. None (the system clock) when unset. Raises ``ConfigError``
-    for a value that is not a tz-aware ISO 8601 instant."""
+    (``2026-06-01T12:00:00+00:00``; for tests and replays of a past day). It reads that instant at the real
+    time ``$NBA_SERVE_CLOCK_ANCHOR`` (Unix seconds; when unset, the moment of this call) and runs forward at
+    the real pace, a fixed offset from the system clock, so processes sharing the anchor agree
+    (:func:`clock_env`). None (the system clock) when unset. Raises ``ConfigError`` for a value that
+    is not a tz-aware ISO 8601 instant, or an anchor that is not a number of seconds."""
     raw = os.environ.get(CLOCK_ENV, "").strip()
     if not raw:
         return None
@@ -445,8 +460,15 @@ def clock_from_env() -> Callable[[], datetime] | None:
     if start is None or start.tzinfo is None:
         raise ConfigError(f"{CLOCK_ENV}={raw!r}: expected an ISO 8601 instant with its offset, "
                           f"e.g. 2026-06-01T12:00:00+00:00")
-    start, t0 = start.astimezone(timezone.utc), time.monotonic()
-    return lambda: start + timedelta(seconds=time.monotonic() - t0)
+    raw_anchor = os.environ.get(CLOCK_ANCHOR_ENV, "").strip()
+    try:
+        anchor = float(raw_anchor) if raw_anchor else time.time()
+    except ValueError:
+        anchor = float("nan")
+    if anchor != anchor or anchor in (float("inf"), float("-inf")):
+        raise ConfigError(f"{CLOCK_ANCHOR_ENV}={raw_anchor!r}: expected Unix seconds, e.g. 1780000000.0")
+    offset = start.astimezone(timezone.utc) - datetime.fromtimestamp(anchor, timezone.utc)
+    return lambda: datetime.now(timezone.utc) + offset
 
 
 def app_from_env() -> FastAPI:
@@ -458,4 +480,4 @@ def app_from_env() -> FastAPI:
                       model=os.environ.get("NBA_SERVE_MODEL", registry.CHAMPION), clock=clock_from_env())
 
 
-__all__ = ["create_app", "app_from_env", "clock_from_env"]
+__all__ = ["create_app", "app_from_env", "clock_from_env", "clock_env"]

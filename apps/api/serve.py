@@ -17,9 +17,10 @@ from nba.home import Home
 
 
 def _env(home: Home, model: str, ledger_url: str | None, online_url: str | None, config: Path | None) -> dict:
+    from .app import clock_env
+
     env = {"NBA_HOME": str(home.root), "NBA_SERVE_MODEL": str(model)}
-    if os.environ.get("NBA_SERVE_CLOCK"):  # tests and replays of a past day (apps.api.app.clock_from_env)
-        env["NBA_SERVE_CLOCK"] = os.environ["NBA_SERVE_CLOCK"]
+    env.update(clock_env())  # replays of a past day: one clock for all workers or replicas
     if ledger_url:
         env["NBA_LEDGER_URL"] = ledger_url
     if online_url:
@@ -37,8 +38,8 @@ def run_uvicorn(home: Home, *, host: str = "127.0.0.1", port: int = 8000, worker
 
     from .app import clock_from_env
 
+    os.environ.update(_env(home, model, ledger_url, online_url, config))  # the workers read these
     clock = clock_from_env()  # a bad $NBA_SERVE_CLOCK fails here, before anything starts
-    os.environ.update(_env(home, model, ledger_url, online_url, config))
     if workers > 1:
         # The workers' Prometheus samples, inside NBA_HOME (nothing is written elsewhere), emptied per start.
         prom = home.root / "run" / f"prometheus-{port}"
@@ -66,6 +67,9 @@ def deploy_ray(home: Home, *, host: str = "127.0.0.1", port: int = 8000, replica
     import ray
     from ray import serve
 
+    from .app import clock_from_env
+
+    clock_from_env()  # a bad $NBA_SERVE_CLOCK fails here, before anything is deployed
     env = _env(home, model, ledger_url, online_url, config)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, configure_logging=False,
