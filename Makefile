@@ -17,7 +17,7 @@ EXTRAS_test := test,bench,$(FAISS)
 # build of torch where the machine has one, and PyPI's CUDA build for the same pin elsewhere.
 UV_PIN ?= uv==0.13.9
 
-.PHONY: demo test bench redis postgres lock clean
+.PHONY: demo test bench redis postgres chromium lock clean
 
 $(STAMP)-%: pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,13 +54,24 @@ postgres:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q postgresql >/dev/null; }; }
 	@$(PG_INITDB)
 
+# The web page tests drive Debian's headless Chromium through Playwright (the `browser` fixture points
+# Playwright at it with executable_path). Playwright's own browser builds are never used: the pip package
+# downloads none, and `playwright install` is not run. A Chinese font (fonts-wqy-zenhei) renders the zh pages.
+chromium:
+	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && \
+	  fc-list :lang=zh 2>/dev/null | grep -q . || { \
+	  echo "installing chromium and a Chinese font (Debian packages)"; \
+	  $(SUDO) apt-get install -y -q chromium fonts-wqy-zenhei >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium fonts-wqy-zenhei >/dev/null; }; }
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null
+
 demo: $(STAMP)-demo
 	$(BIN)/nba demo
 
 # The layers first (import-linter contracts in pyproject.toml), then the suite.
-test: $(STAMP)-test redis postgres
+test: $(STAMP)-test redis postgres chromium
 	$(BIN)/lint-imports
-	NBA_REQUIRE_REDIS=1 NBA_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+	NBA_REQUIRE_REDIS=1 NBA_REQUIRE_POSTGRES=1 NBA_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)-test redis
 	$(BIN)/python benchmarks/bench_generate.py

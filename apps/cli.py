@@ -712,6 +712,8 @@ def _demo_api(home: Home) -> None:
             n = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                     if line.startswith("nba_decisions_total{"))
             out.print(f"/metrics: {n:.0f} decisions answered so far, Prometheus text format")
+            out.rule("[bold]9. RM workbench: an RM signs in, works the list, records an outcome")
+            _demo_workbench(http, rm_id, rm_key)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -720,6 +722,49 @@ def _demo_api(home: Home) -> None:
     out.print("no outcomes to export yet" if v is None else
               f"outcomes exported from the ledger to the store: version {v.name} is live; the next training and "
               f"the features read them")
+
+
+def _demo_workbench(http, rm_id: str, rm_key: str) -> None:
+    """Drive the workbench's pages as a browser would (forms, cookie, CSRF token), on the running app."""
+    import re
+    import time
+
+    def csrf(html: str) -> str:
+        return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+    def meta(html: str) -> str:
+        m = re.search(r'<p class="meta">([^<]+)</p>', html)
+        return m.group(1).strip() if m else "no list"
+
+    login = http.get("/login")
+    signed = http.post("/login", data={"key": rm_key, "csrf": csrf(login.text)})
+    signed.raise_for_status()
+    t = time.perf_counter()
+    page = http.get("/")
+    ms = (time.perf_counter() - t) * 1000
+    out.print(f"{rm_id} signed in with their key (exchanged for an HttpOnly session cookie); list page in "
+              f"{ms:.0f} ms: {meta(page.text)}")
+    rows = re.findall(r'<tr id="d-([^"]+)"[^>]*>.*?href="/clients/([^"]+)"', page.text, flags=re.S)
+    if not rows:
+        out.print("nothing on the list today")
+        return
+    decision_id, cid = rows[0]
+    t = time.perf_counter()
+    view = http.get(f"/clients/{cid}")
+    charts = [http.get(f"/clients/{cid}/charts/{n}.svg") for n in ("balance", "state", "contacts")]
+    ms = (time.perf_counter() - t) * 1000
+    out.print(f"client view of {cid} with 3 charts in {ms:.0f} ms "
+              f"({len(view.text) // 1024} KiB of HTML, {sum(len(c.content) for c in charts) // 1024} KiB of SVG)")
+    form = re.search(r'name="idem" value="([^"]+)"', view.text).group(1)
+    done = http.post("/outcomes", data={"decision_id": decision_id, "outcome": "accepted", "csrf": csrf(view.text),
+                                        "idem": form, "note": "Happy to meet next week", "back": f"client:{cid}"})
+    done.raise_for_status()
+    out.print(f"outcome 'accepted' with a note recorded from the client view; the list now says: "
+              f"{meta(http.get('/').text)}")
+    zh = http.get("/?lang=zh")
+    out.print(f"in Chinese (?lang=zh or the browser's language): {meta(zh.text)}")
+    out.print(f"try it: [bold]nba keys create --scope rm --rm {rm_id}[/bold], [bold]nba serve[/bold], then open "
+              f"http://127.0.0.1:8000/ and sign in with that key")
 
 
 def _demo_rm_list(home: Home, day) -> None:

@@ -134,6 +134,16 @@ outcomes = sa.Table(
     sa.Index("ix_outcomes_exported", "exported_version"),
 )
 
+# A short free-text note an RM adds to an outcome (what the client said). Its own table, so that a ledger
+# made before notes existed gains it by ``create_all`` and nothing else changes; one note per outcome row.
+outcome_notes = sa.Table(
+    "outcome_notes", metadata,
+    sa.Column("outcome_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              comment="outcomes.id"),
+    sa.Column("note", sa.String(500), nullable=False),
+)
+NOTE_MAX = 500
+
 
 class LedgerError(NBAError):
     """A decision or outcome the ledger refuses; ``field`` names the offending field."""
@@ -410,7 +420,7 @@ class Ledger:
     def record_outcome(self, decision_id: str, outcome: str, *, idempotency_key: str, key_id: str = "",
                        outcome_at: datetime | None = None, reason: str | None = None, source: str = "api",
                        request_hash: str = "", now: datetime | None = None,
-                       channel: str | None = None) -> tuple[dict, bool]:
+                       channel: str | None = None, note: str | None = None) -> tuple[dict, bool]:
         """Record one outcome of a decision; returns (the stored outcome row, replayed) after its commit.
 
         Idempotent per caller: a second request with the same (``key_id``, ``idempotency_key``) and the
@@ -425,8 +435,10 @@ class Ledger:
         the decision's day began in the bank's zone, nor more than 5 minutes before the decision was made.
         ``channel``: the channel it was delivered on, when not the one the decision proposed (the same
         decision can be served on several channels in a day). A control-group decision takes no outcome
-        (no action was taken). Raises ``LedgerError`` naming the field, ``UnknownDecision`` for an unknown
-        ``decision_id``.
+        (no action was taken). ``note``: a short free text (at most 500 characters, no control characters),
+        stored with the outcome in the same transaction (``outcome_notes``), returned as the row's ``note``;
+        it is part of the default request hash. Raises ``LedgerError`` naming the field,
+        ``UnknownDecision`` for an unknown ``decision_id``.
         """
         now = _naive_utc(now, "now") if now is not None else _utcnow()
         if outcome not in ACTION_OUTCOME_VALUES:
@@ -437,13 +449,20 @@ class Ledger:
             raise LedgerError("idempotency_key", "empty")
         if channel is not None and channel not in CHANNELS:
             raise LedgerError("channel", f"{channel!r} is not one of {', '.join(CHANNELS)}")
+        if note is not None:
+            note = note.strip() or None
+        if note is not None and (len(note) > NOTE_MAX or any(ord(ch) < 32 and ch not in "\n\t" or ord(ch) == 127
+                                                             for ch in note)):
+            raise LedgerError("note", f"at most {NOTE_MAX} characters of text without control characters "
+                                      f"(got {len(note)} characters)")
         at = _naive_utc(outcome_at, "outcome_at") if outcome_at is not None else now
         if at > now + CLOCK_SKEW:
             raise LedgerError("outcome_at", f"{_iso(at)} lies in the future (now {_iso(now)}; "
                                             f"{CLOCK_SKEW.seconds // 60} minutes of clock skew allowed)")
         if not request_hash:
             given = "" if outcome_at is None else at.isoformat()
-            request_hash = hashlib.sha256(f"{decision_id}|{outcome}|{reason}|{given}".encode()).hexdigest()
+            text = f"{decision_id}|{outcome}|{reason}|{given}" + (f"|{note}" if note else "")
+            request_hash = hashlib.sha256(text.encode()).hexdigest()
         try:
             with self._write() as c:
                 stored = self._by_key(c, key_id, idempotency_key)
@@ -470,7 +489,9 @@ class Ledger:
                           "outcome": outcome, "reason": reason, "outcome_at": at, "recorded_at": now,
                           "source": source, "exported_version": None}
                 new_id = c.execute(sa.insert(outcomes).values(**values).returning(outcomes.c.id)).scalar_one()
-            return {"id": new_id, **values}, False
+                if note is not None:
+                    c.execute(sa.insert(outcome_notes).values(outcome_id=new_id, note=note))
+            return {"id": new_id, **values, "note": note}, False
         except sa.exc.IntegrityError:
             # The same key committed by a concurrent request: answer as its retry would be answered.
             with self.engine.connect() as c:
@@ -481,9 +502,43 @@ class Ledger:
 
     @staticmethod
     def _by_key(c: Connection, key_id: str, idempotency_key: str) -> dict | None:
-        row = c.execute(sa.select(outcomes).where(outcomes.c.key_id == key_id,
-                                                  outcomes.c.idempotency_key == idempotency_key)).mappings().first()
+        q = (sa.select(outcomes, outcome_notes.c.note)
+             .select_from(outcomes.outerjoin(outcome_notes, outcome_notes.c.outcome_id == outcomes.c.id))
+             .where(outcomes.c.key_id == key_id, outcomes.c.idempotency_key == idempotency_key))
+        row = c.execute(q).mappings().first()
         return dict(row) if row is not None else None
+
+    def outcomes_of(self, decision_ids: Sequence[str]) -> dict[str, list[dict]]:
+        """The outcomes recorded for each of ``decision_ids`` (oldest first; ids without any are absent):
+        outcome, reason, note, channel, outcome_at and recorded_at (naive UTC), source, key_id."""
+        out: dict[str, list[dict]] = {}
+        cols = (outcomes.c.decision_id, outcomes.c.outcome, outcomes.c.reason, outcome_notes.c.note,
+                outcomes.c.channel, outcomes.c.outcome_at, outcomes.c.recorded_at, outcomes.c.source,
+                outcomes.c.key_id)
+        ids = list(dict.fromkeys(decision_ids))
+        with self.engine.connect() as c:
+            for chunk in _chunks(ids, CHUNK):
+                q = (sa.select(*cols)
+                     .select_from(outcomes.outerjoin(outcome_notes, outcome_notes.c.outcome_id == outcomes.c.id))
+                     .where(outcomes.c.decision_id.in_(list(chunk)))
+                     .order_by(outcomes.c.outcome_at, outcomes.c.id))
+                for r in c.execute(q).mappings():
+                    out.setdefault(r["decision_id"], []).append(dict(r))
+        return out
+
+    def client_decisions(self, customer_id: str, since: date, until: date | None = None) -> list[dict]:
+        """The decisions of one client for days ``[since, until]`` (every source, control group included),
+        newest first, each with its ``outcomes`` (:meth:`outcomes_of`)."""
+        q = sa.select(decisions).where(decisions.c.customer_id == customer_id, decisions.c.day >= since)
+        if until is not None:
+            q = q.where(decisions.c.day <= until)
+        with self.engine.connect() as c:
+            rows = [dict(r) for r in c.execute(q.order_by(decisions.c.day.desc(), decisions.c.decided_at.desc()))
+                    .mappings()]
+        got = self.outcomes_of([r["decision_id"] for r in rows])
+        for r in rows:
+            r["outcomes"] = got.get(r["decision_id"], [])
+        return rows
 
     @staticmethod
     def _replay(stored: dict, key_id: str, idempotency_key: str, request_hash: str) -> dict:

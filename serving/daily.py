@@ -12,7 +12,9 @@ After the day's lists are published, their decisions replace the day's daily row
 is ``$NBA_LEDGER_URL``, else ``$NBA_HOME/ledger.sqlite``.
 
 Output, under ``$NBA_HOME/daily/<D>/``: ``decisions.parquet`` (one row per client given an action, the
-control group included), ``rm/<stem>.csv`` (UTF-8 with a byte-order mark, for Excel) and a printable
+control group included), ``states.parquet`` (one row per client decided that day, with or without an
+action: its customer state and the churn risk the decisions used, :data:`STATE_COLUMNS`; read by
+:func:`read_states`), ``rm/<stem>.csv`` (UTF-8 with a byte-order mark, for Excel) and a printable
 ``rm/<stem>.html`` per RM, and ``manifest.json``, whose ``rm_files`` maps each RM id to its file stem
 (:func:`nba.atomic.file_stem`: a slug plus a hash; an id from the data never chooses a path). A run writes aside and then atomically repoints the link ``daily/<D>`` to its
 folder, under a per-date lock (:func:`nba.atomic.publish_dir`): a killed run leaves the previous
@@ -60,6 +62,14 @@ HISTORY_DAYS = 120
 RM_COLUMNS = ("customer_id", "action_family", "action_id", "product_id", "channel", "in_person", "rm_review",
               "priority", "propensity", "reasons", "talking_points", "lifecycle_stage", "health_score",
               "complaint_state", "emotional_state", "decision_id")
+# states.parquet: one row per client of the day's feature frame (with or without an action). churn_risk is the
+# model's churn probability that the decisions used (0-1; NaN where the model does not know the client).
+STATES_FILE = "states.parquet"
+# Sorted by customer_id in row groups of this many rows, so that a one-client read (the client page's state
+# history, over every day's file) skips all row groups but one by their min/max statistics.
+STATES_ROW_GROUP = 8192
+STATE_COLUMNS = ("customer_id", "rm_id", "health_score", "lifecycle_stage", "complaint_state", "emotional_state",
+                 "churn_risk")
 
 
 class DailyError(NBAError):
@@ -183,6 +193,15 @@ def model_inputs(bundle: Bundle, feats: pd.DataFrame, catalog: Catalog, version_
     return Inputs(pp, churn, version_label)
 
 
+def states_frame(feats: pd.DataFrame, churn: np.ndarray) -> pd.DataFrame:
+    """The day's customer states (:data:`STATE_COLUMNS`): one row per feature row, ``churn`` aligned with
+    ``feats`` (:attr:`nba.decision.Inputs.churn`)."""
+    out = feats[list(STATE_COLUMNS[:-1])].reset_index(drop=True).copy()
+    out["health_score"] = pd.to_numeric(out["health_score"], errors="coerce").astype("float64")
+    out["churn_risk"] = np.asarray(churn, dtype="float64")
+    return out
+
+
 def _options_with_ray(feats, catalog, inputs, day, hist, address: str) -> pd.DataFrame:
     """Each client's best options (:func:`nba.decision.options`), computed over Ray Data blocks.
 
@@ -295,7 +314,7 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     t = time.perf_counter()
     path = write(home, day, decisions, {"model": label, "store_version": version.name, **stale, "catalog": str(catalog_path or
                  "configs/actions.yaml"), "clients": len(feats), "ray_address": address, "ledger": redact(ledger.url)},
-                 _kill_at=_kill_at)
+                 _kill_at=_kill_at, states=states_frame(feats, inputs.churn))
     seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()
     try:
@@ -314,15 +333,20 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     return res
 
 
-def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: str | None = None) -> Path:
+def write(home: Home, day: date, decisions: pd.DataFrame, meta: dict, _kill_at: str | None = None, *,
+          states: pd.DataFrame | None = None) -> Path:
     """Write the day's files aside, then switch ``daily/<day>`` to them in one rename (under the day's
-    lock); the previous run's files are removed after. Raises ``DailyError`` when another run for the
+    lock); the previous run's files are removed after. ``states`` (:func:`states_frame`), when given, is
+    written as ``states.parquet`` in the same switch. Raises ``DailyError`` when another run for the
     same day is writing."""
     table = decisions[list(DECISION_COLUMNS)]
     listed = table[~table["control_group"]]
 
     def build(run: Path) -> None:
         table.to_parquet(run / "decisions.parquet", index=False)
+        if states is not None:
+            states[list(STATE_COLUMNS)].sort_values("customer_id", kind="stable").to_parquet(
+                run / STATES_FILE, index=False, row_group_size=STATES_ROW_GROUP)
         if _kill_at == "after_parquet":
             os.kill(os.getpid(), 9)
         rm_dir = run / "rm"
@@ -382,6 +406,17 @@ def read_day(home: Home, day: date) -> pd.DataFrame:
     if not f.exists():
         raise StoreError(f"no daily decisions for {day} under {home.daily} (run `nba daily --date {day}`)")
     return pd.read_parquet(f)
+
+
+def read_states(home: Home, day: date) -> pd.DataFrame:
+    """The customer states the daily run of ``day`` decided on (:data:`STATE_COLUMNS`, one row per client);
+    an empty frame with those columns when the day has no states file (no run, or a run before the file
+    existed)."""
+    f = home.daily / day.isoformat() / STATES_FILE
+    if not f.exists():
+        types = {"health_score": "float64", "churn_risk": "float64"}
+        return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in STATE_COLUMNS})
+    return pd.read_parquet(f, columns=list(STATE_COLUMNS))
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-size:20px;margin:0}

@@ -229,3 +229,62 @@ def api_home(bank, tmp_path_factory):
     build_for_version(h, 2)
     registry.promote(h, 1)
     return h
+
+
+# -------------------------------------------------------------------------------------------------
+# Chromium: Debian's headless Chromium driven by Playwright (make test installs the `chromium` package;
+# Playwright's own browser builds are never downloaded).
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """The system Chromium executable; skipped only where Chromium is not required."""
+    found = _shutil.which("chromium") or _shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("NBA_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is required (NBA_REQUIRE_CHROMIUM=1) but not installed (make chromium)")
+        pytest.skip("chromium not installed (make chromium installs Debian's chromium)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    """A headless Chromium (Playwright's sync API), one per test module; --no-sandbox as the tests run as root.
+
+    Per module, not per session: while Playwright's sync API is started, its event loop counts as the
+    running loop of this thread (between calls too), so ``asyncio.run()`` in any later test would fail with
+    "cannot be called from a running event loop". Stopping it at the end of each module that uses it leaves
+    the rest of the suite as it was. A module that uses it must not itself call ``asyncio.run()`` in the
+    main thread (a server under test runs in its own thread, with its own loop)."""
+    from playwright.sync_api import sync_playwright
+
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+    finally:
+        pw.stop()
+
+
+# -------------------------------------------------------------------------------------------------
+# The RM workbench's home (issue 16): a trained, served home with the daily list of AS_OF.
+
+
+@pytest.fixture(scope="session")
+def workbench_home(bank, tmp_path_factory):
+    """Features online at AS_OF, the champion (v1) with its indexes, and the daily list of AS_OF (its
+    decisions in the ledger). Its own home: the workbench tests record outcomes and run later days."""
+    from bundle import registry
+    from feature_store.materialize import materialize
+    from serving.daily import run_daily
+    from serving.retrieval import build_for_version
+
+    h = trained_home(bank, tmp_path_factory, "wbhome", epochs=1)
+    materialize(h, AS_OF)
+    registry.promote(h, 1)
+    build_for_version(h, 1)
+    run_daily(h, AS_OF)
+    return h

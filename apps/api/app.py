@@ -104,11 +104,12 @@ def _errors(*codes: int, **described: str) -> dict:
 
 def create_app(home: Home | None = None, settings: ServingSettings | None = None, *,
                model: str | int = registry.CHAMPION, ledger_url: str | None = None, online_url: str | None = None,
-               catalog_path=None, poll: bool = True, clock=None) -> FastAPI:
+               catalog_path=None, poll: bool = True, clock=None, workbench: bool = True) -> FastAPI:
     """The API app. ``home`` defaults to ``$NBA_HOME``, ``settings`` to ``configs/serving.yaml``;
     ``ledger_url`` to ``$NBA_LEDGER_URL`` / SQLite in the home; ``online_url`` to ``$NBA_ONLINE_STORE``.
     ``poll``: reload in the background when the alias or the features move. ``clock``: a callable giving
-    the current time (tz-aware; default the system clock): decisions and outcomes are recorded at it."""
+    the current time (tz-aware; default the system clock): decisions and outcomes are recorded at it.
+    ``workbench``: also serve the RM workbench's pages at ``/`` (:mod:`apps.workbench.web`)."""
     home = home or Home.resolve(None)
     settings = settings or load_settings()
 
@@ -152,6 +153,10 @@ def create_app(home: Home | None = None, settings: ServingSettings | None = None
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(metrics.MetricsMiddleware)
     _routes(app)
+    app.state.record_outcome = record_outcome
+    if workbench:
+        from apps.workbench.web import install
+        install(app, home)
 
     @app.exception_handler(ServingError)
     async def _not_ready(request: Request, exc: ServingError) -> JSONResponse:
@@ -394,31 +399,46 @@ def _routes(app: FastAPI) -> None:
                                                         description="unique per outcome; a retry with the "
                                                                     "same key and body is answered from the "
                                                                     "stored outcome")]) -> dict:
-        svc = server.service
-        if caller.rm_id is not None:
-            svc.state  # noqa: B018 - an RM's answer depends on its book: 503 for every decision until ready
-        dec = server.ledger.decision(body.decision_id)
-        if dec is None or (caller.rm_id is not None and
-                           not svc.features([dec["customer_id"]], svc.state, caller.rm_id)[0]):
-            raise HTTPException(404, "unknown decision_id")
-        canon = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        try:
-            row, replayed = server.ledger.record_outcome(
-                body.decision_id, body.outcome, idempotency_key=idempotency_key, key_id=caller.key_id,
-                outcome_at=body.outcome_at, reason=body.reason, source="api", now=svc.clock(), channel=body.channel,
-                request_hash=hashlib.sha256(canon.encode()).hexdigest())
-        except UnknownDecision:
-            raise HTTPException(404, "unknown decision_id") from None
-        except IdempotencyConflict as e:
-            raise HTTPException(409, str(e)) from None
-        except LedgerError as e:
-            raise HTTPException(422, [{"loc": ["body", e.field], "type": "value_error", "msg": str(e)}]) from None
-        server.audit.record_reads(caller, [dec["customer_id"]], "outcomes",
-                                  model_version=dec.get("model_version"), request_id=_request_id())
-        metrics.OUTCOMES.labels(body.outcome, "replayed" if replayed else "recorded").inc()
+        # No note: the same hash as before notes existed (a retry across an upgrade is still a retry).
+        canon = json.dumps(body.model_dump(mode="json", exclude={"note"} if body.note is None else None),
+                           sort_keys=True, separators=(",", ":"))
+        row, replayed = record_outcome(server, caller, body.decision_id, body.outcome, idempotency_key,
+                                       outcome_at=body.outcome_at, reason=body.reason, channel=body.channel,
+                                       note=body.note, request_hash=hashlib.sha256(canon.encode()).hexdigest())
         return {"decision_id": row["decision_id"], "outcome": row["outcome"],
                 "outcome_at": _iso(row["outcome_at"]), "recorded_at": _iso(row["recorded_at"]),
                 "replayed": replayed}
+
+
+def record_outcome(server: _Server, caller: Principal, decision_id: str, outcome: str, idempotency_key: str, *,
+                   outcome_at: datetime | None = None, reason: str | None = None, channel: str | None = None,
+                   note: str | None = None, request_hash: str = "", endpoint: str = "outcomes") -> tuple[dict, bool]:
+    """The one path an outcome takes into the ledger, for ``POST /v1/outcomes`` and the RM workbench's
+    forms: an RM key only for its own book's decisions (another's is an unknown decision), then
+    :meth:`feature_store.ledger.Ledger.record_outcome` (idempotent per key), the audit row and the
+    metric. Returns (the stored row, replayed). Raises ``HTTPException``: 404 unknown decision, 409 the
+    idempotency key was used for another outcome, 422 naming the bad field."""
+    svc = server.service
+    if caller.rm_id is not None:
+        svc.state  # noqa: B018 - an RM's answer depends on its book: 503 for every decision until ready
+    dec = server.ledger.decision(decision_id)
+    if dec is None or (caller.rm_id is not None and
+                       not svc.features([dec["customer_id"]], svc.state, caller.rm_id)[0]):
+        raise HTTPException(404, "unknown decision_id")
+    try:
+        row, replayed = server.ledger.record_outcome(
+            decision_id, outcome, idempotency_key=idempotency_key, key_id=caller.key_id, outcome_at=outcome_at,
+            reason=reason, source="api", now=svc.clock(), channel=channel, note=note, request_hash=request_hash)
+    except UnknownDecision:
+        raise HTTPException(404, "unknown decision_id") from None
+    except IdempotencyConflict as e:
+        raise HTTPException(409, str(e)) from None
+    except LedgerError as e:
+        raise HTTPException(422, [{"loc": ["body", e.field], "type": "value_error", "msg": str(e)}]) from None
+    server.audit.record_reads(caller, [dec["customer_id"]], endpoint, model_version=dec.get("model_version"),
+                              request_id=_request_id())
+    metrics.OUTCOMES.labels(outcome, "replayed" if replayed else "recorded").inc()
+    return row, replayed
 
 
 def _iso(v) -> str:

@@ -191,6 +191,8 @@ class OutcomeRequest(_Strict):
                                              "(default now)")
     channel: Channel | None = Field(None, description="the channel it was delivered on, when not the one the "
                                     "decision proposed")
+    note: Text | None = Field(None, description="a short note on the contact (at most 500 characters); shown "
+                              "in the RM workbench's client view")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"decision_id": "N0123456789abcdef", "outcome": "declined", "reason": "not interested",

@@ -403,6 +403,19 @@ class RateLimiter:
             return None
         return max(stats.reset_time - time.time(), 0.001)
 
+    def blocked(self, key_id: str) -> float | None:
+        """Without counting a request: None if ``key_id`` may make one now, else the seconds until it may
+        (for limits that count failures only, such as sign-in attempts: :meth:`hit` on each failure)."""
+        try:
+            if self.strategy.test(self.item, self.NAMESPACE, key_id):
+                return None
+            stats = self.strategy.get_window_stats(self.item, self.NAMESPACE, key_id)
+        except Exception:  # noqa: BLE001 - as in hit(): a storage failure lets the request through
+            if not self.fail_open:
+                raise
+            return None
+        return max(stats.reset_time - time.time(), 0.001)
+
 
 # -------------------------------------------------------------------------------------------------
 # Body size limit

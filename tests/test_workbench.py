@@ -1,0 +1,262 @@
+"""The RM workbench (issue 16) through its HTTP interface: sign-in and sessions, CSRF, the RM's own book
+only, the list and the client view, outcomes through the API's path, languages and the audit log.
+
+The browser test (real Chromium) is tests/test_workbench_browser.py."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, time, timezone
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from apps.api.app import create_app
+from apps.api.security import KeyStore
+from apps.api.settings import ServingSettings
+from apps.workbench.i18n import LANGUAGES, catalog, negotiate, parse_accept_language
+from apps.workbench.sessions import SESSION_COOKIE
+from feature_store.ledger import Ledger, outcome_notes, outcomes
+from serving.daily import read_day
+from tests.conftest import AS_OF
+
+NOON = datetime.combine(AS_OF, time(12), tzinfo=timezone.utc)
+SETTINGS = ServingSettings(reload_poll_seconds=0, workbench_login_rate_limit="5/minute")
+
+
+@pytest.fixture(scope="module")
+def book(workbench_home):
+    """(the RM with the most listed actions, their listed rows, another RM's listed rows)."""
+    d = read_day(workbench_home, AS_OF)
+    d = d[~d.control_group]
+    rm = d.rm_id.value_counts().index[0]
+    return rm, d[d.rm_id == rm], d[d.rm_id != rm]
+
+
+@pytest.fixture(scope="module")
+def keys(workbench_home, book):
+    ks = KeyStore.open(workbench_home)
+    rm = book[0]
+    other_rm = book[2].rm_id.iloc[0]
+    return {"rm": ks.create("rm", rm_id=rm, label="wb test")[1],
+            "other_rm": ks.create("rm", rm_id=other_rm, label="wb test other")[1],
+            "campaign": ks.create("campaign", label="wb test campaign")[1],
+            "revocable": ks.create("rm", rm_id=rm, label="wb test revocable"), "store": ks}
+
+
+@pytest.fixture(scope="module")
+def app(workbench_home):
+    return create_app(workbench_home, SETTINGS, clock=lambda: NOON, poll=False)
+
+
+@pytest.fixture()
+def client(app):
+    with TestClient(app, base_url="http://testserver") as c:
+        yield c
+
+
+def _form_csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field in the page"
+    return m.group(1)
+
+
+def sign_in(c: TestClient, key: str, **headers) -> None:
+    page = c.get("/login", headers=headers)
+    assert page.status_code == 200
+    r = c.post("/login", data={"key": key, "csrf": _form_csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text[:500]
+
+
+def test_pages_need_a_session_and_the_cookie_is_locked_down(client, keys):
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert client.get("/clients/C1/charts/balance.svg").status_code == 401
+    page = client.get("/login")
+    assert 'lang="en"' in page.text and 'type="password"' in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    r = client.post("/login", data={"key": keys["rm"], "csrf": _form_csrf(page.text)}, follow_redirects=False)
+    cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith(SESSION_COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Path=/" in cookie
+    assert keys["rm"] not in cookie  # the key is exchanged, never stored in the browser
+
+
+@pytest.mark.parametrize("case", ["no_csrf", "bad_key", "campaign_key"])
+def test_refused_sign_ins(client, keys, case):
+    page = client.get("/login")
+    data = {"key": keys["rm"], "csrf": _form_csrf(page.text)}
+    if case == "no_csrf":
+        data["csrf"] = "forged"
+    elif case == "bad_key":
+        data["key"] = keys["rm"][:-3] + "xyz"
+    else:
+        data["key"] = keys["campaign"]
+    r = client.post("/login", data=data, follow_redirects=False)
+    assert r.status_code == {"no_csrf": 400, "bad_key": 401, "campaign_key": 403}[case]
+    assert 'role="alert"' in r.text and SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_sign_in_attempts_are_rate_limited(app, keys):
+    with TestClient(app, base_url="http://testserver", client=("10.9.8.7", 5000)) as c:
+        codes = []
+        for _ in range(7):
+            page = c.get("/login")
+            codes.append(c.post("/login", data={"key": "nba_000000000000_wrong", "csrf": _form_csrf(page.text)},
+                                follow_redirects=False).status_code)
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+
+
+def test_the_list_holds_the_rms_book_only_with_filters(client, keys, book):
+    rm, mine, others = book
+    sign_in(client, keys["rm"])
+    page = client.get("/")
+    assert page.status_code == 200
+    shown = set(re.findall(r'href="/clients/([^"]+)"', page.text))
+    assert shown == set(mine.customer_id)
+    assert not shown & set(others.customer_id)
+    assert f"{len(mine)} actions" in page.text
+    fam = mine.action_family.value_counts().index[0]
+    filtered = client.get(f"/?family={fam}")
+    ids = set(re.findall(r'href="/clients/([^"]+)"', filtered.text))
+    assert ids == set(mine[mine.action_family == fam].customer_id)
+    digital = set(re.findall(r'href="/clients/([^"]+)"', client.get("/?kind=digital").text))
+    assert digital == set(mine[~mine.in_person.astype(bool)].customer_id)
+    assert client.get("/?day=2001-01-01").status_code == 404
+    assert client.get("/?day=nonsense").status_code == 404
+
+
+def test_another_rms_client_answers_as_an_unknown_client(client, keys, book):
+    rm, mine, others = book
+    sign_in(client, keys["rm"])
+    theirs = others.customer_id.iloc[0]
+    own = client.get(f"/clients/{mine.customer_id.iloc[0]}")
+    assert own.status_code == 200 and mine.customer_id.iloc[0] in own.text
+    a, b = client.get(f"/clients/{theirs}"), client.get("/clients/NO-SUCH-CLIENT")
+    assert a.status_code == b.status_code == 404
+    assert a.text.replace(theirs, "X") == b.text.replace("NO-SUCH-CLIENT", "X")
+    assert theirs not in a.text.replace(f"/clients/{theirs}?", "")  # only the address bar's own URL
+    for name in ("balance", "state", "contacts"):
+        assert client.get(f"/clients/{theirs}/charts/{name}.svg").status_code == 404
+    # and their decisions cannot be given an outcome either
+    page = client.get("/")
+    r = client.post("/outcomes", data={"decision_id": others.decision_id.iloc[0], "outcome": "accepted",
+                                       "csrf": _form_csrf(page.text), "idem": "abcdefgh1"}, follow_redirects=False)
+    assert r.status_code == 404
+
+
+def test_the_client_view_shows_state_evidence_products_and_charts(client, keys, book, workbench_home):
+    rm, mine, _ = book
+    cid = mine.customer_id.iloc[0]
+    sign_in(client, keys["rm"])
+    page = client.get(f"/clients/{cid}")
+    text = page.text
+    for section in ("Lifecycle stage", "Relationship health", "Churn risk (90 days)", "Mood of recent contacts",
+                    "Products held", "Recent interactions", "Complaints", "Past actions and outcomes",
+                    "Care moments coming up"):
+        assert section in text, section
+    assert "Rule:" in text  # each state with its evidence
+    for name in ("balance", "state", "contacts"):
+        assert f'/clients/{cid}/charts/{name}.svg' in text
+        svg = client.get(f"/clients/{cid}/charts/{name}.svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+        assert svg.content.lstrip().startswith(b"<?xml") and b"<svg" in svg.content
+    assert re.search(r'<img [^>]*alt="[^"]+"', text)  # every chart has a text alternative
+
+
+def test_an_outcome_from_the_form_is_recorded_once_and_shown(client, keys, book, workbench_home):
+    rm, mine, _ = book
+    row = mine.iloc[1]
+    sign_in(client, keys["rm"])
+    page = client.get("/")
+    csrf = _form_csrf(page.text)
+    form = {"decision_id": row.decision_id, "outcome": "declined", "reason": "bad_timing",
+            "note": "Call again  after the holidays", "csrf": csrf, "idem": "formABCDEF1", "back": "list?"}
+    forged = client.post("/outcomes", data={**form, "csrf": "nope"}, follow_redirects=False)
+    assert forged.status_code == 400
+    first = client.post("/outcomes", data=form, follow_redirects=False)
+    again = client.post("/outcomes", data=form, follow_redirects=False)  # a double click
+    assert first.status_code == again.status_code == 303
+    assert first.headers["location"].startswith("/?recorded=")
+    with Ledger.open(workbench_home) as ledger:
+        got = ledger.outcomes_of([row.decision_id])[row.decision_id]
+        with ledger.engine.connect() as c:
+            n_notes = c.execute(sa.select(sa.func.count()).select_from(outcome_notes)).scalar_one()
+            n = c.execute(sa.select(sa.func.count()).select_from(outcomes)
+                          .where(outcomes.c.decision_id == row.decision_id)).scalar_one()
+    assert n == 1 and n_notes >= 1
+    assert got[0]["outcome"] == "declined" and got[0]["reason"] == "bad_timing"
+    assert got[0]["note"] == "Call again after the holidays"
+    listed = client.get("/?status=done")
+    assert row.customer_id in listed.text and "Call again after the holidays" in listed.text
+    view = client.get(f"/clients/{row.customer_id}")
+    assert "Call again after the holidays" in view.text and "Not now" in view.text
+
+
+def test_the_api_takes_a_note_too(client, keys, book, workbench_home):
+    rm, mine, _ = book
+    row = mine.iloc[2]
+    r = client.post("/v1/outcomes", headers={"X-API-Key": keys["rm"], "Idempotency-Key": "api-note-1"},
+                    json={"decision_id": row.decision_id, "outcome": "reached", "note": "Left a message"})
+    assert r.status_code == 200, r.text
+    with Ledger.open(workbench_home) as ledger:
+        assert ledger.outcomes_of([row.decision_id])[row.decision_id][-1]["note"] == "Left a message"
+    bad = client.post("/v1/outcomes", headers={"X-API-Key": keys["rm"], "Idempotency-Key": "api-note-2"},
+                      json={"decision_id": row.decision_id, "outcome": "reached", "note": "x" * 501})
+    assert bad.status_code == 422
+
+
+def test_revoking_the_key_ends_its_sessions_and_sign_out_ends_one(client, keys):
+    principal, key = keys["revocable"]
+    sign_in(client, key)
+    assert client.get("/").status_code == 200
+    keys["store"].revoke(principal.key_id)
+    assert client.get("/", follow_redirects=False).status_code == 303
+    sign_in(client, keys["rm"])
+    page = client.get("/")
+    assert client.post("/logout", data={"csrf": "forged"}).status_code == 400
+    r = client.post("/logout", data={"csrf": _form_csrf(page.text)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_languages_from_the_query_the_cookie_or_the_browser(client, keys):
+    sign_in(client, keys["rm"])
+    zh = client.get("/?lang=zh")
+    assert 'lang="zh-Hans"' in zh.text and "下一最佳行动" in zh.text
+    assert 'lang="zh-Hans"' in client.get("/").text  # remembered in a cookie
+    client.cookies.delete("nba_lang")
+    assert 'lang="en"' in client.get("/").text
+    assert 'lang="zh-Hans"' in client.get("/", headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}).text
+    assert 'lang="en"' in client.get("/", headers={"Accept-Language": "fr-FR, en;q=0.3"}).text
+    assert parse_accept_language("en;q=0.2, zh-TW;q=0.8, *;q=0.1, de;q=0") == ["zh", "en"]
+    assert negotiate("xx", None, "zh") == "zh" and negotiate(None, "en", "zh") == "en"
+
+
+def test_catalogs_hold_the_same_messages_and_every_message_is_used_with_its_fields():
+    en = catalog("en")
+    for lang in LANGUAGES:
+        other = catalog(lang)
+        assert set(other) == set(en), f"{lang}: missing {sorted(set(en) - set(other))[:5]}"
+        for k, v in other.items():
+            assert set(re.findall(r"{(\w+)}", v)) == set(re.findall(r"{(\w+)}", en[k])), (lang, k)
+            assert v.strip(), (lang, k)
+
+
+def test_reads_are_in_the_audit_log(client, keys, book, workbench_home):
+    rm, mine, _ = book
+    cid = mine.customer_id.iloc[3]
+    sign_in(client, keys["rm"])
+    client.get(f"/clients/{cid}")
+    store = keys["store"]
+    from apps.api.security import AuditLog
+    rows = AuditLog(store.engine).rows(customer_id=cid)
+    assert {"workbench/client", "workbench/list"} <= {r["endpoint"] for r in rows}
+
+
+def test_the_workbench_leaves_the_api_json(client, keys):
+    r = client.get("/v1/model")
+    assert r.status_code == 401 and r.headers["content-type"].startswith("application/json")
+    assert client.get("/no-such-page", headers={"Accept": "text/html"}).status_code == 404
+    assert client.get("/no-such-page").headers["content-type"].startswith("application/json")
