@@ -737,7 +737,7 @@ def _demo_workbench(http, rm_id: str, rm_key: str) -> None:
         return m.group(1).strip() if m else "no list"
 
     login = http.get("/login")
-    signed = http.post("/login", data={"key": rm_key, "csrf": csrf(login.text)})
+    signed = http.post("/login", data={"key": rm_key, "csrf": csrf(login.text)}, follow_redirects=True)
     signed.raise_for_status()
     t = time.perf_counter()
     page = http.get("/")
@@ -757,7 +757,8 @@ def _demo_workbench(http, rm_id: str, rm_key: str) -> None:
               f"({len(view.text) // 1024} KiB of HTML, {sum(len(c.content) for c in charts) // 1024} KiB of SVG)")
     form = re.search(r'name="idem" value="([^"]+)"', view.text).group(1)
     done = http.post("/outcomes", data={"decision_id": decision_id, "outcome": "accepted", "csrf": csrf(view.text),
-                                        "idem": form, "note": "Happy to meet next week", "back": f"client:{cid}"})
+                                        "idem": form, "note": "Happy to meet next week", "back": f"client:{cid}"},
+                     follow_redirects=True)
     done.raise_for_status()
     out.print(f"outcome 'accepted' with a note recorded from the client view; the list now says: "
               f"{meta(http.get('/').text)}")

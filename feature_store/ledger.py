@@ -533,7 +533,8 @@ class Ledger:
         if until is not None:
             q = q.where(decisions.c.day <= until)
         with self.engine.connect() as c:
-            rows = [dict(r) for r in c.execute(q.order_by(decisions.c.day.desc(), decisions.c.decided_at.desc()))
+            rows = [dict(r) for r in c.execute(q.order_by(decisions.c.day.desc(), decisions.c.decided_at.desc(),
+                                                       decisions.c.decision_id))
                     .mappings()]
         got = self.outcomes_of([r["decision_id"] for r in rows])
         for r in rows:

@@ -135,6 +135,34 @@ def test_outcomes_are_idempotent_per_caller(ledger):
     assert count(ledger, outcomes) == 3
 
 
+def test_notes_and_the_readers_of_a_clients_decisions(ledger):
+    """A note is stored with its outcome in one transaction, is part of the default request hash, is
+    checked, and comes back from outcomes_of and client_decisions (newest decision first)."""
+    ledger.record_decisions([dec(1), dec(2), dec(3, "C2")], source="api", decided_at=at(D, 9))
+    ledger.record_decisions([dec(4, day=D + timedelta(days=1))], source="api", decided_at=at(D + timedelta(days=1), 9))
+    row, _ = ledger.record_outcome("N1", "declined", idempotency_key="n1", reason="no need",
+                                   note="  Call back in June  ", now=NOW)
+    assert row["note"] == "Call back in June"
+    again, replayed = ledger.record_outcome("N1", "declined", idempotency_key="n1", reason="no need",
+                                            note="Call back in June", now=NOW)
+    assert replayed and again["note"] == "Call back in June"
+    with pytest.raises(IdempotencyConflict):  # the same key with another note is another request
+        ledger.record_outcome("N1", "declined", idempotency_key="n1", reason="no need", note="other", now=NOW)
+    ledger.record_outcome("N1", "reached", idempotency_key="n2", outcome_at=at(D, 10), now=NOW)
+    for bad in ("x" * 501, "bell\x07"):
+        with pytest.raises(LedgerError, match="note"):
+            ledger.record_outcome("N2", "reached", idempotency_key="bad", note=bad, now=NOW)
+    assert count(ledger, outcomes, outcomes.c.decision_id == "N2") == 0, "nothing of a refused outcome is stored"
+    got = ledger.outcomes_of(["N1", "N2", "N404"])
+    assert set(got) == {"N1"} and [o["outcome"] for o in got["N1"]] == ["reached", "declined"]
+    assert [o["note"] for o in got["N1"]] == [None, "Call back in June"]
+    mine = ledger.client_decisions("C1", since=D)
+    assert [d["decision_id"] for d in mine] == ["N4", "N1", "N2"]
+    assert [o["outcome"] for o in mine[1]["outcomes"]] == ["reached", "declined"] and mine[2]["outcomes"] == []
+    assert [d["decision_id"] for d in ledger.client_decisions("C1", since=D, until=D)] == ["N1", "N2"]
+    assert ledger.client_decisions("C404", since=D) == []
+
+
 @pytest.mark.parametrize("same_request", [True, False], ids=["same-request", "different-requests"])
 def test_one_key_from_eight_threads_at_once_stores_one_row(ledger, same_request):
     ledger.record_decisions(dec(1), source="api", decided_at=at(D, 9))

@@ -230,6 +230,14 @@ def test_an_rm_works_the_list_in_a_browser(browser, served, people, shots, workb
     for trace in theirs_next.policy_trace:
         assert chosen.action_id in json.loads(trace)["cooldown"]
 
+    # ... and `nba outcomes export` makes it a label of the next training (the store's action_outcomes).
+    from feature_store.outcomes import decision_outcomes
+    from feature_store.store import TableStore
+    with Ledger.open(workbench_home) as ledger:
+        version = ledger.export_outcomes(TableStore(workbench_home.store))
+    labels = decision_outcomes(version, AS_OF - timedelta(days=1), AS_OF + timedelta(days=2))
+    assert "declined" in set(labels.loc[labels.decision_id == chosen.decision_id, "outcome"])
+
 
 def _catalog_actions(home) -> list[tuple[str, str]]:
     """(action_id, family) of the served catalog."""
