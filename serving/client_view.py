@@ -271,6 +271,33 @@ class ClientView:
         return [{"interaction_id": i, "at": self._local(ts), "channel": ch, "direction": di, "kind": k, "outcome": o,
                  "sentiment": _num(s), "product_id": p} for i, ts, ch, di, k, o, s, p in rows]
 
+    def past_actions(self, customer_id: str, days: int = 180) -> list[dict]:
+        """The client's actions decided in the ``days`` days before ``day`` with the outcomes the store's
+        ``action_outcomes`` holds (the bank's own history, and outcomes exported from the contact ledger),
+        most recent decision first; outcomes known on or after ``day`` are left out.
+
+        Each: ``{"decision_id", "action_id", "action_family", "product_id" (None), "channel", "decided_at"
+        (tz-aware, bank zone), "day" (its local date), "outcomes": [{"outcome", "outcome_at"}] oldest
+        first}``. ``[]`` when the store has no ``action_outcomes`` table.
+        """
+        try:
+            rows = self._rows(
+                "SELECT decision_id, action_id, action_family, product_id, channel, decided_at, outcome, outcome_at "
+                "FROM action_outcomes WHERE customer_id = ? AND decided_at >= ? AND decided_at < ? "
+                "AND outcome_at < ? ORDER BY decided_at DESC, decision_id, outcome_at",
+                [customer_id, self._since(days), self._start, self._start])
+        except duckdb.CatalogException:  # a bank without the table
+            return []
+        out: dict[str, dict] = {}
+        for did, aid, fam, pid, ch, dec_at, outcome, out_at in rows:
+            d = out.get(did)
+            if d is None:
+                local = self._local(dec_at)
+                d = out[did] = {"decision_id": did, "action_id": aid, "action_family": fam, "product_id": pid,
+                                "channel": ch, "decided_at": local, "day": local.date(), "outcomes": []}
+            d["outcomes"].append({"outcome": outcome, "outcome_at": self._local(out_at)})
+        return list(out.values())
+
     def complaints(self, customer_id: str, days: int = 730, limit: int = 10) -> list[dict]:
         """The client's last ``limit`` complaints opened in the ``days`` days before ``day``, plus any older
         one still open at ``day``; most recent (``opened_at``) first.

@@ -6,7 +6,7 @@ The browser test (real Chromium) is tests/test_workbench_browser.py."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, time, timezone
+from datetime import datetime, time, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +18,7 @@ from apps.api.settings import ServingSettings
 from apps.workbench.i18n import LANGUAGES, catalog, negotiate, parse_accept_language
 from apps.workbench.sessions import SESSION_COOKIE
 from feature_store.ledger import Ledger, outcome_notes, outcomes
+from feature_store.materialize import features_at
 from serving.daily import read_day
 from tests.conftest import AS_OF
 
@@ -106,6 +107,9 @@ def test_sign_in_attempts_are_rate_limited(app, keys):
             codes.append(c.post("/login", data={"key": "nba_000000000000_wrong", "csrf": _form_csrf(page.text)},
                                 follow_redirects=False).status_code)
         assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+        # A valid RM key still signs in from that address: a flood of bad keys locks nobody out.
+        sign_in(c, keys["rm"])
+        assert c.get("/").status_code == 200
 
 
 def test_the_list_holds_the_rms_book_only_with_filters(client, keys, book):
@@ -260,3 +264,67 @@ def test_the_workbench_leaves_the_api_json(client, keys):
     assert r.status_code == 401 and r.headers["content-type"].startswith("application/json")
     assert client.get("/no-such-page", headers={"Accept": "text/html"}).status_code == 404
     assert client.get("/no-such-page").headers["content-type"].startswith("application/json")
+
+
+def test_past_actions_include_the_banks_own_outcome_history(client, keys, book, workbench_home):
+    """The store's action_outcomes (the bank's history before the engine) appear beside the ledger's."""
+    from feature_store.store import TableStore
+    rm, mine, _ = book
+    hist = TableStore(workbench_home.store).require_current().read("action_outcomes").to_pandas()
+    start = datetime.combine(AS_OF, time(0)) - timedelta(days=170)
+    recent = hist[(hist.decided_at >= start) & (hist.outcome_at < datetime.combine(AS_OF, time(0)))]
+    feats = features_at(workbench_home, AS_OF)
+    own = set(feats.loc[feats.rm_id == rm, "customer_id"])
+    cand = recent[recent.customer_id.isin(own)]
+    assert len(cand), "the synthetic bank has recent outcomes for the RM's clients"
+    row = cand.sort_values("decided_at").iloc[-1]
+    sign_in(client, keys["rm"])
+    page = client.get(f"/clients/{row.customer_id}").text
+    past = page.split('id="h-past"', 1)[1].split("</section>", 1)[0]
+    assert "Bank records" in past and row.decided_at.strftime("%Y-%m-%d") in past
+    assert {"shown": "Shown", "reached": "Reached", "accepted": "Accepted", "declined": "Declined",
+            "not_reachable": "Not reachable"}[row.outcome] in past
+
+
+def test_missing_values_show_as_unknown_not_zero(client, keys, book, workbench_home):
+    rm, _, _ = book
+    feats = features_at(workbench_home, AS_OF)
+    silent = feats[(feats.rm_id == rm) & feats.days_since_last_contact.isna()]
+    if silent.empty:  # another RM's book has one: sign that RM in
+        silent = feats[feats.days_since_last_contact.isna()]
+        rm = silent.rm_id.iloc[0]
+    assert len(silent), "the synthetic bank has clients never contacted"
+    key = KeyStore.open(workbench_home).create("rm", rm_id=rm, label="wb silent")[1]
+    sign_in(client, key)
+    page = client.get(f"/clients/{silent.customer_id.iloc[0]}").text
+    card = page.split("Last contact</h3>", 1)[1].split("</div>", 1)[0]
+    assert "days ago" not in card and "—" in card
+
+
+def test_odd_requests_get_pages_not_json_or_foreign_links(client, keys, book, workbench_home):
+    rm, mine, _ = book
+    html = {"Accept": "text/html"}
+    r = client.get("//evil.example/x", headers=html)
+    assert r.status_code == 404 and 'href="//' not in r.text
+    sign_in(client, keys["rm"])
+    page = client.get("/")
+    assert "Accept-Language" in page.headers["vary"]
+    bad = client.post("/outcomes", data={"decision_id": mine.decision_id.iloc[0], "outcome": "reached",
+                                         "csrf": _form_csrf(page.text)}, headers=html)  # no idem
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("text/html")
+    assert 'lang="zh-Hans"' in client.get("/?lang=ZH").text
+    # A note's bidirectional controls are dropped (they would reorder what the next reader sees).
+    row = mine.iloc[4]
+    client.post("/outcomes", data={"decision_id": row.decision_id, "outcome": "reached", "csrf": _form_csrf(page.text),
+                                   "idem": "bidi-test-1", "note": "pay \u202eLTR\u202c now"})
+    with Ledger.open(workbench_home) as ledger:
+        assert ledger.outcomes_of([row.decision_id])[row.decision_id][-1]["note"] == "pay LTR now"
+
+
+def test_a_server_without_a_model_answers_with_a_page(workbench_home, keys, book):
+    app = create_app(workbench_home, SETTINGS, model=99, clock=lambda: NOON, poll=False)
+    with TestClient(app, base_url="http://testserver") as c:
+        sign_in(c, keys["rm"])
+        r = c.get(f"/clients/{book[1].customer_id.iloc[0]}", headers={"Accept": "text/html"})
+        assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
+        assert "tracking" not in r.text and "sqlite" not in r.text

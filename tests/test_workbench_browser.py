@@ -155,6 +155,12 @@ def test_an_rm_works_the_list_in_a_browser(browser, served, people, shots, workb
     # Printing keeps the list and drops the forms.
     page.emulate_media(media="print")
     assert page.locator("form.outcome").first.is_hidden() and rows.first.is_visible()
+    heads, cells = page.locator("table.actions thead th"), rows.first.locator("td")
+    for k in range(6):  # each printed column under its heading
+        h, c = heads.nth(k).bounding_box(), cells.nth(k).bounding_box()
+        assert abs(h["x"] - c["x"]) < 2 and abs(h["width"] - c["width"]) < 2, (k, h, c)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    page.screenshot(path=str(shots / "workbench-list-print.png"))
     page.emulate_media(media="screen")
 
     # Pick an action whose family has another action the engine would still allow for that client, so

@@ -510,7 +510,7 @@ class RedactFilter(logging.Filter):
     def __init__(self, id_segments: Sequence[str] = ID_SEGMENTS):
         super().__init__()
         alts = "|".join(re.escape(s) for s in id_segments)
-        self._id_re = re.compile(rf"(/(?:{alts})/)[^/?#\s\"']+")
+        self._id_re = re.compile(rf"(/(?:{alts})/+)[^/?#\s\"']+")
 
     def redact(self, text: str) -> str:
         text = _KEY_RE.sub(r"nba_\1_<redacted>", text)

@@ -19,7 +19,7 @@ from matplotlib import rcParams  # noqa: E402
 from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, PercentFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 
 rcParams["svg.fonttype"] = "none"
 rcParams["svg.hashsalt"] = "nba-workbench"  # stable ids: the same data gives the same bytes
@@ -34,9 +34,13 @@ def _figure(height: float = 2.6) -> Figure:
 
 
 def _dates(ax) -> None:
+    # Numbers only (2026-03, 03-15): month names would be English on a Chinese page.
     locator = AutoDateLocator(minticks=3, maxticks=7)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(
+        locator, formats=["%Y", "%m", "%m-%d", "%H:%M", "%H:%M", "%S.%f"],
+        zero_formats=["", "%Y", "%Y-%m", "%m-%d", "%H:%M", "%H:%M"],
+        offset_formats=["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]))
 
 
 def _style(ax, ylabel: str | None = None) -> None:
@@ -54,11 +58,6 @@ def _svg(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _money(v: float, _pos=None) -> str:
-    a = abs(v)
-    return f"{v / 1e6:.1f}M" if a >= 1e6 else f"{v / 1e3:.0f}k" if a >= 1e3 else f"{v:.0f}"
-
-
 def balance_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
     """Assets and liabilities at month ends: ``points`` [{"date", "assets", "liabilities"}] (currency),
     ``labels``: assets, liabilities, empty (shown when there are no points)."""
@@ -74,7 +73,7 @@ def balance_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
     if any(p["liabilities"] for p in points):
         ax.plot(x, [p["liabilities"] for p in points], color=LIABS, linewidth=2, marker="s", markersize=3,
                 linestyle="--", label=labels["liabilities"])
-    ax.yaxis.set_major_formatter(FuncFormatter(_money))
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 1.5k, 2M: as many digits as the ticks need
     ax.legend(frameon=False, fontsize=8, labelcolor=INK)
     _dates(ax)
     _style(ax)

@@ -82,6 +82,7 @@ def parse_accept_language(header: str | None) -> list[str]:
 def negotiate(query: str | None, cookie: str | None, accept_language: str | None) -> str:
     """The page language: a supported ``?lang=``, else the cookie's, else the browser's best, else English."""
     for choice in (query, cookie):
+        choice = (choice or "").strip().lower()
         if choice in LANGUAGES:
             return choice
     for tag in parse_accept_language(accept_language):

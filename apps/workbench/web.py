@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 from datetime import date, datetime, timedelta
@@ -47,6 +48,7 @@ from feature_store.store import TableStore
 from nba.home import Home
 from nba.schema import ACTION_FAMILIES, CHANNELS
 from serving.client_view import ClientView, care_moments
+from serving.realtime import ServingError
 
 from . import charts
 from .i18n import LANGUAGES, NAMES, Translator, negotiate
@@ -61,6 +63,9 @@ DECLINE_REASONS = ("not_interested", "already_has", "too_expensive", "bad_timing
 OUTCOMES = ("reached", "accepted", "declined", "not_reachable")
 DONE = frozenset({"reached", "accepted", "declined"})
 HISTORY_DAYS = 180
+NOTE_MAX = 500
+# Unicode bidirectional controls: in a note they would reorder the text shown to the next reader.
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
        "base-uri 'none'")
 
@@ -183,7 +188,8 @@ def install(app: FastAPI, home: Home) -> None:
                     server = request.app.state.server
                     s = server.settings
                     sessions = SessionStore(server.keys.engine, ttl=timedelta(hours=s.workbench_session_hours))
-                    w = state["wb"] = Workbench(home, sessions, RateLimiter(s.workbench_login_rate_limit))
+                    w = state["wb"] = Workbench(home, sessions, RateLimiter(s.workbench_login_rate_limit,
+                                                                            s.rate_limit_storage))
         return w
 
     def lang_of(request: Request) -> str:
@@ -194,6 +200,7 @@ def install(app: FastAPI, home: Home) -> None:
         lang = lang_of(request)
         t = Translator(lang)
         query = {k: v for k, v in request.query_params.items() if k not in ("lang", "recorded")}
+        path = "/" + request.url.path.lstrip("/")  # never "//host/...": a link off the site
         names = _product_names(request)
 
         def label(action_id, product_id=None) -> str:
@@ -203,12 +210,12 @@ def install(app: FastAPI, home: Home) -> None:
             return t.value("action", action_id)
 
         base = {"request": request, "t": t, "lang": lang, "session": session, "label": label,
-                "csrf": session.csrf if session else None, "path": request.url.path, "query": query,
-                "lang_links": {lg: f"{request.url.path}?{urlencode({**query, 'lang': lg})}" for lg in LANGUAGES},
-                "list_back": "list?" + urlencode(query) if request.url.path == "/" else "list?"}
+                "csrf": session.csrf if session else None, "path": path, "query": query,
+                "lang_links": {lg: f"{path}?{urlencode({**query, 'lang': lg})}" for lg in LANGUAGES},
+                "list_back": "list?" + urlencode(query) if path == "/" else "list?"}
         resp = wb(request).templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
         _headers(resp)
-        if request.query_params.get("lang") in LANGUAGES:
+        if (request.query_params.get("lang") or "").lower() in LANGUAGES:
             resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, httponly=True, samesite="lax",
                             secure=request.url.scheme == "https")
         return resp
@@ -220,6 +227,10 @@ def install(app: FastAPI, home: Home) -> None:
         resp = RedirectResponse("/login", status_code=303)
         _headers(resp)
         return resp
+
+    def not_ready(request: Request, session: Session | None) -> Response:
+        return render(request, "message.html", {"title_key": "error.title", "message_key": "error.not_ready"},
+                      status=503, session=session)
 
     def unknown(request: Request, session: Session) -> Response:
         return render(request, "message.html", {"title_key": "unknown.title", "message_key": "unknown.text"},
@@ -251,17 +262,18 @@ def install(app: FastAPI, home: Home) -> None:
 
         if not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
             return again("login.expired", 400)
-        # Failed attempts per client address (a wrong key, or not an RM's): a signed-in RM is never locked out.
+        # Failed attempts are limited per client address (a wrong key, or not an RM's). A valid RM key always
+        # signs in: a flood of bad keys from one address (an office behind one NAT) locks no RM out, and
+        # a 256-bit key is not guessed anyway; the limit keeps the flood cheap.
         address = request.client.host if request.client else "unknown"
-        if w.login_limiter.blocked(address) is not None:
-            return again("login.throttled", 429)
         principal = server.keys.verify(key.strip())
-        if principal is None:
+        if principal is None or principal.scope != RM or not principal.rm_id:
+            if w.login_limiter.blocked(address) is not None:
+                return again("login.throttled", 429)
             w.login_limiter.hit(address)
-            log.info("workbench sign-in refused: invalid key")
-            return again("login.bad_key", 401)
-        if principal.scope != RM or not principal.rm_id:
-            w.login_limiter.hit(address)
+            if principal is None:
+                log.info("workbench sign-in refused: invalid key")
+                return again("login.bad_key", 401)
             return again("login.not_rm", 403)
         token, _ = w.sessions.create(principal)
         resp = RedirectResponse("/", status_code=303)
@@ -298,12 +310,12 @@ def install(app: FastAPI, home: Home) -> None:
         chosen = None
         if day:
             try:
-                chosen = date.fromisoformat(day)
+                chosen = date.fromisoformat(day) if re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) else None
             except ValueError:
                 chosen = None
             if chosen not in days:
                 return render(request, "message.html", {"title_key": "error.title", "message_key": "list.no_day",
-                                                        "fields": {"day": day[:10]}}, status=404, session=session)
+                                                        "fields": {"day": day[:40]}}, status=404, session=session)
         elif days:
             chosen = days[0]
         rows: list[dict] = []
@@ -329,8 +341,10 @@ def install(app: FastAPI, home: Home) -> None:
                     rows.append(d)
                 server.audit.record_reads(session.principal, sorted({r["customer_id"] for r in rows}),
                                           "workbench/list", model_version=str(g["model_version"].iloc[0]))
+        filtered = any(v for v in (family, channel, kind, status))
         return render(request, "list.html", {
-            "day": chosen, "days": days[:14], "rows": rows, "counts": counts, "rm_id": rm_id,
+            "day": chosen, "days": days[:14], "rows": rows, "counts": counts, "rm_id": rm_id, "filtered": filtered,
+            "can_record": chosen is not None and chosen <= _today(server),
             "filters": {"family": family if family in ACTION_FAMILIES else "",
                         "channel": channel if channel in CHANNELS else "",
                         "kind": kind if kind in ("in_person", "digital") else "",
@@ -350,7 +364,7 @@ def install(app: FastAPI, home: Home) -> None:
         ids, cols = svc.features([customer_id], st, session.principal.rm_id)
         if not ids:
             raise _Unknown()
-        row = {c: (v[0].item() if hasattr(v[0], "item") else v[0]) for c, v in cols.items()}
+        row = {c: _scalar(v[0]) for c, v in cols.items()}
         return st, svc, row
 
     @app.get("/clients/{customer_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -364,6 +378,8 @@ def install(app: FastAPI, home: Home) -> None:
             st, svc, f = _client(request, session, customer_id)
         except _Unknown:
             return unknown(request, session)
+        except ServingError:
+            return not_ready(request, session)
         w = wb(request)
         server = request.app.state.server
         view = w.view(server, st)
@@ -384,16 +400,22 @@ def install(app: FastAPI, home: Home) -> None:
                     d["status"], d["last"] = _status(got.get(d["decision_id"], []))
                     today_rows.append(d)
         today_ids = {r["decision_id"] for r in today_rows}
-        past = [d for d in server.ledger.client_decisions(customer_id, st.day - timedelta(days=HISTORY_DAYS))
+        # Past actions: the ledger's (every source, with notes), then the store's history of the others (the
+        # bank's own outcomes from before the engine, and any the ledger does not hold).
+        tz = ZoneInfo(view.time_zone)
+        past = [d for d in server.ledger.client_decisions(customer_id, st.day - timedelta(days=HISTORY_DAYS), st.day)
                 if d["decision_id"] not in today_ids]
         for d in past:
-            d["status"], d["last"] = _status(d["outcomes"])
-        tz = ZoneInfo(view.time_zone) if getattr(view, "time_zone", None) else None
-        for d in past:
             for o in d["outcomes"]:
-                if tz is not None and isinstance(o.get("outcome_at"), datetime):
-                    o["local_at"] = o["outcome_at"].replace(tzinfo=ZoneInfo("UTC")).astimezone(tz)
-        balance = view.balance_trend(customer_id)
+                if isinstance(o.get("outcome_at"), datetime):
+                    o["outcome_at"] = o["outcome_at"].replace(tzinfo=ZoneInfo("UTC")).astimezone(tz)
+        seen = {d["decision_id"] for d in past} | today_ids
+        past += [{**d, "source": "store", "control_group": False}
+                 for d in view.past_actions(customer_id, HISTORY_DAYS) if d["decision_id"] not in seen]
+        past.sort(key=lambda d: (d["day"], d["decision_id"]), reverse=True)
+        for d in past:
+            d["status"], d["last"] = _status(d["outcomes"])
+        balance = _since_onboarding(view.balance_trend(customer_id), f, st.day)
         history = view.state_history(customer_id)
         contacts = view.contacts_per_channel(customer_id)
         server.audit.record_reads(session.principal, [customer_id], "workbench/client", model_version=st.label)
@@ -403,6 +425,7 @@ def install(app: FastAPI, home: Home) -> None:
             "complaints": view.complaints(customer_id), "moments": care_moments(f),
             "today": today_rows, "past": past, "balance": balance, "history": history, "contacts": contacts,
             "day": days[0] if days else None, "features_day": st.day, "model": st.label,
+            "can_record": bool(days) and days[0] <= _today(server),
             "reasons": DECLINE_REASONS, "outcomes": OUTCOMES, "idem": secrets.token_urlsafe(12),
             "done_id": request.query_params.get("recorded"),
             "consents": {c: bool(f.get(f"consent_{c}")) for c in (*CHANNELS, "marketing")},
@@ -416,14 +439,16 @@ def install(app: FastAPI, home: Home) -> None:
         if name not in ("balance", "state", "contacts") or len(customer_id) > 128:
             return Response(status_code=404)
         try:
-            st, _, _ = _client(request, session, customer_id)
+            st, _, f = _client(request, session, customer_id)
         except _Unknown:
             return Response(status_code=404)
+        except ServingError:
+            return Response(status_code=503)
         t = Translator(lang_of(request))
         view = wb(request).view(request.app.state.server, st)
         empty = t("chart.empty")
         if name == "balance":
-            body = charts.balance_svg(view.balance_trend(customer_id),
+            body = charts.balance_svg(_since_onboarding(view.balance_trend(customer_id), f, st.day),
                                       {"assets": t("chart.assets"), "liabilities": t("chart.liabilities"),
                                        "empty": empty})
         elif name == "state":
@@ -434,19 +459,17 @@ def install(app: FastAPI, home: Home) -> None:
                                        {c: t.value("channel", c) for c in CHANNELS},
                                        {"inbound": t("chart.inbound"), "outbound": t("chart.outbound"),
                                         "empty": empty})
-        resp = Response(body, media_type="image/svg+xml",
-                        headers={"Cache-Control": "private, max-age=300"})
+        resp = Response(body, media_type="image/svg+xml")  # no-store (_headers): nothing left after sign-out
         _headers(resp)
         return resp
 
     # -- outcomes --------------------------------------------------------------------------------
 
     @app.post("/outcomes", include_in_schema=False)
-    def post_outcome(request: Request, decision_id: str = Form(..., max_length=128),
-                     outcome: str = Form(..., max_length=32), reason: str = Form("", max_length=64),
-                     note: str = Form("", max_length=2000), csrf: str = Form("", max_length=100),
-                     idem: str = Form(..., min_length=8, max_length=64),
-                     back: str = Form("list", max_length=200)) -> Response:
+    def post_outcome(request: Request, decision_id: str = Form(""), outcome: str = Form(""),
+                     reason: str = Form(""), note: str = Form(""), csrf: str = Form(""), idem: str = Form(""),
+                     back: str = Form("list")) -> Response:
+        # Every field is checked here, not by FastAPI, so that a bad form gets a page, not JSON.
         from fastapi import HTTPException
 
         session = current(request)
@@ -457,19 +480,25 @@ def install(app: FastAPI, home: Home) -> None:
                           status=400, session=session)
         record = request.app.state.record_outcome
         server = request.app.state.server
+        if not (1 <= len(decision_id) <= 128) or not (8 <= len(idem) <= 64) or not idem.isascii() \
+                or not idem.replace("-", "").replace("_", "").isalnum() or len(back) > 300:
+            return render(request, "message.html", {"title_key": "error.title", "message_key": "error.form"},
+                          status=422, session=session)
         if outcome not in OUTCOMES:
             return render(request, "message.html", {"title_key": "error.title", "message_key": "error.outcome"},
                           status=422, session=session)
         why = None
         if outcome == "declined":
             why = reason if reason in DECLINE_REASONS else "other"
-        note = " ".join(note.split()) if note.strip() else None  # one line: a note is short
-        if note is not None and len(note) > 500:
+        note = " ".join(_BIDI.sub("", note).split()) or None  # one line, no reordering of the text
+        if note is not None and len(note) > NOTE_MAX:
             return render(request, "message.html", {"title_key": "error.title", "message_key": "error.note"},
                           status=422, session=session)
         try:
             record(server, session.principal, decision_id, outcome, f"wb-{idem}-{outcome}", reason=why,
                    note=note, endpoint="workbench/outcomes")
+        except ServingError:
+            return not_ready(request, session)
         except HTTPException as e:
             key = {404: "error.unknown_decision", 409: "error.conflict"}.get(e.status_code, "error.rejected")
             detail = e.detail if isinstance(e.detail, str) else "; ".join(str(x.get("msg", "")) for x in e.detail)
@@ -499,6 +528,29 @@ def install(app: FastAPI, home: Home) -> None:
                       session=None)
 
 
+def _scalar(v: Any) -> Any:
+    """A feature value for the page: NumPy scalars as Python values, missing (NaN, NA) as None."""
+    v = v.item() if hasattr(v, "item") else v
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return None
+    return v
+
+
+def _today(server) -> date:
+    """The bank's calendar day now (the API's clock, in the bank's time zone)."""
+    from feature_store.materialize import time_zone
+    return server.service.clock().astimezone(ZoneInfo(time_zone())).date()
+
+
+def _since_onboarding(points: list[dict], f: dict, day: date) -> list[dict]:
+    """Balance points from the month the client was onboarded on (none from before they were a client)."""
+    tenure = f.get("tenure_days")
+    if tenure is None:
+        return points
+    start = day - timedelta(days=int(tenure))
+    return [p for p in points if (p["date"].year, p["date"].month) >= (start.year, start.month)]
+
+
 def _product_names(request: Request) -> dict[str, str]:
     try:
         products = request.app.state.server.service.state.catalog.products
@@ -513,3 +565,4 @@ def _headers(resp: Response) -> None:
     resp.headers["Referrer-Policy"] = "same-origin"
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers.setdefault("Cache-Control", "no-store")
+    resp.headers["Vary"] = "Accept-Language, Cookie"
