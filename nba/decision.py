@@ -44,7 +44,7 @@ RULES = ("eligibility", "already_held", "suitability", "complaint_first", "conse
 DECISION_COLUMNS = ("date", "rm_id", "customer_id", "action_family", "action_id", "product_id", "channel",
                     "priority", "propensity", "value", "reasons", "talking_points", "policy_trace",
                     "model_version", "control_group", "decision_id", "in_person", "rm_review", "feature_hash",
-                    "lifecycle_stage", "health_score", "complaint_state", "emotional_state")
+                    "lifecycle_stage", "health_score", "complaint_state", "emotional_state", "talking_point_data")
 HISTORY_COLUMNS = ("customer_id", "action_id", "action_family", "decided", "outcome", "outcome_date", "control_group")
 AGE_BANDS = (0, 30, 45, 65, 200)
 AGE_BAND_NAMES = ("under 30", "30-44", "45-64", "65+")
@@ -662,7 +662,7 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
     actions = [catalog.actions[j] for j in a_idx]
     channels = np.array(CHANNELS, dtype=object)[c_idx]
     cohort = cohort_shares(feats, catalog)
-    reasons, points = explain(f, actions, P, detail["churn"], catalog, cohort, review, day)
+    reasons, points, data = explain(f, actions, P, detail["churn"], catalog, cohort, review, day)
     out = pd.DataFrame({
         "date": day.isoformat(),
         "rm_id": f["rm_id"].astype(str).to_numpy(),
@@ -687,6 +687,7 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
         "health_score": _f(f, "health_score"),
         "complaint_state": f["complaint_state"].astype(str).to_numpy(),
         "emotional_state": f["emotional_state"].astype(str).to_numpy(),
+        "talking_point_data": data,
     })
     return out.sort_values(["rm_id", "control_group", "priority"], ascending=[True, True, False],
                            kind="stable", ignore_index=True)
@@ -710,17 +711,33 @@ def cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     return frame.groupby("cohort").mean()
 
 
+#: The talking points' codes (:func:`explain`) and their fields, for pages that say them in other languages.
+#: ``facts`` holds ``parts``: a list of [code, fields] of the codes under it, said as one sentence.
+TALKING_POINT_CODES: dict[str, tuple[str, ...]] = {
+    "offer_propensity": ("product", "p"), "offer_peers": ("product", "share", "segment", "band"),
+    "offer_review": (), "offer_suitable": ("level", "tolerance", "assessed_days"), "facts": ("parts",),
+    "churn_risk": ("p",), "assets_down": ("p",), "last_contact": ("days",), "recent_mood": ("mood",),
+    "retention_offer": ("action_id", "save_rate", "assets"), "birthday_today": ("turns",),
+    "birthday_in": ("days", "turns"), "silence_never": ("tenure_days",), "silence": ("days",),
+    "complaint_open": (), "complaint_open_severity": ("severity",), "complaint_resolved": ("days",),
+    "td_maturity": ("days",), "anniversary": ("years", "days"), "holiday": (), "health": ("health", "stage"),
+}
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
 def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
             cohort: pd.DataFrame, review: np.ndarray, day: date,
-            records: list[dict] | None = None) -> tuple[list[str], list[str]]:
-    """Reason codes ('|'-joined) and 1-3 talking points (' || '-joined) per decision on ``day``, from the
-    evidence."""
+            records: list[dict] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Reason codes ('|'-joined), 1-3 talking points in English (' || '-joined) and the same talking
+    points as data (a JSON list of ``[code, {field: value}]``, one per point; see
+    :data:`TALKING_POINT_CODES`) per decision on ``day``, from the evidence. The data lets a page say
+    them in another language: the code names the sentence and the fields are the numbers and names in
+    it (probabilities 0-1, days, currency, the bank's product names)."""
     S = _static(catalog)
-    reasons, points = [], []
+    reasons, points, data = [], [], []
     if records is None:
         records = _records(f)
         age = _f(f, "age", 0)
@@ -729,86 +746,114 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
         age = np.where(np.isnan(age), 0.0, age)
     bands = age_band(age)
     for i, (a, r) in enumerate(zip(actions, records)):
-        codes, tp = [], []
+        codes, tp, said = [], [], []
+
+        def say(text: str, code: str, **fields) -> None:
+            tp.append(text)
+            said.append([code, fields])
+
         health = float(r.get("health_score", np.nan))
         stage = r.get("lifecycle_stage")
         if a.family == "product_offer":
             p = S.product_rows[a.product_id]
             codes.append("model_propensity")
-            tp.append(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days")
+            say(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days", "offer_propensity",
+                product=str(p["name"]), p=round(float(P[i]), 4))
             key = f"{r['segment']}|{bands[i]}"
             share = float(cohort.at[key, a.product_id]) if key in cohort.index else 0.0
             if share >= 0.2:
                 codes.append("peer_adoption")
-                tp.append(f"Clients like this one hold {p['name']}: {_pct(share)} of {r['segment']} clients aged "
-                          f"{bands[i]} do")
+                say(f"Clients like this one hold {p['name']}: {_pct(share)} of {r['segment']} clients aged "
+                    f"{bands[i]} do", "offer_peers", product=str(p["name"]), share=round(share, 4),
+                    segment=str(r["segment"]), band=str(bands[i]))
             if review[i]:
                 codes.append("rm_review_required")
-                tp.append("Protected client (65+ or vulnerable): RM to review suitability in person before offering")
+                say("Protected client (65+ or vulnerable): RM to review suitability in person before offering",
+                    "offer_review")
             elif p["category"] in catalog.policy.suitability.investment_categories:
                 codes.append("suitable_risk")
-                tp.append(f"Risk level {int(p['risk_level'])} within the client's tolerance "
-                          f"{int(r['risk_tolerance'])} (assessed {int(r['risk_assessment_age_days'])} days ago)")
+                say(f"Risk level {int(p['risk_level'])} within the client's tolerance "
+                    f"{int(r['risk_tolerance'])} (assessed {int(r['risk_assessment_age_days'])} days ago)",
+                    "offer_suitable", level=int(p["risk_level"]), tolerance=int(r["risk_tolerance"]),
+                    assessed_days=int(r["risk_assessment_age_days"]))
         elif a.family == "retention_offer":
             codes.append("churn_risk")
             facts = [f"Churn risk {_pct(churn[i])}"]
+            parts = [["churn_risk", {"p": round(float(churn[i]), 4)}]]
             trend = r.get("total_assets_trend_90d")
             if pd.notna(trend) and trend <= -0.1:
                 codes.append("assets_declining")
                 facts.append(f"assets down {_pct(-trend)} in 90 days")
+                parts.append(["assets_down", {"p": round(float(-trend), 4)}])
             since = r.get("days_since_last_contact")
             if pd.notna(since) and since >= 60:
                 codes.append("long_silence")
                 facts.append(f"last contact {int(since)} days ago")
+                parts.append(["last_contact", {"days": int(since)}])
             if r.get("emotional_state") in ("negative", "escalating"):
                 codes.append("negative_sentiment")
                 facts.append(f"recent contacts {r['emotional_state']}")
-            tp.append("; ".join(facts))
+                parts.append(["recent_mood", {"mood": str(r["emotional_state"])}])
+            say("; ".join(facts), "facts", parts=parts)
             ret = a.retention
-            tp.append(f"Offer {a.action_id.split(':', 1)[1].replace('_', ' ')}: keeps about {_pct(ret.save_rate)} "
-                      f"of clients at risk; relationship worth {float(r.get('total_assets', 0)):,.0f} in assets")
+            say(f"Offer {a.action_id.split(':', 1)[1].replace('_', ' ')}: keeps about {_pct(ret.save_rate)} "
+                f"of clients at risk; relationship worth {float(r.get('total_assets', 0)):,.0f} in assets",
+                "retention_offer", action_id=a.action_id, save_rate=round(float(ret.save_rate), 4),
+                assets=round(float(r.get("total_assets", 0)), 2))
         else:
             c = a.care
             t = c.trigger
             if t == "birthday":
                 codes.append("birthday")
                 d = int(r["days_to_birthday"])  # age is in completed years: it went up today when d == 0
-                tp.append(f"Birthday today (turns {int(age[i])})" if d == 0 else
-                          f"Birthday in {d} day{'s' if d != 1 else ''} (turns {int(age[i]) + 1})")
+                if d == 0:
+                    say(f"Birthday today (turns {int(age[i])})", "birthday_today", turns=int(age[i]))
+                else:
+                    say(f"Birthday in {d} day{'s' if d != 1 else ''} (turns {int(age[i]) + 1})", "birthday_in",
+                        days=d, turns=int(age[i]) + 1)
             elif t == "silence":
                 codes.append("silence")
                 since = r.get("days_since_last_outbound")
-                tp.append(f"No outbound contact on record in {int(r['tenure_days'])} days as a client" if pd.isna(since)
-                          else f"No contact from the bank for {int(since)} days")
+                if pd.isna(since):
+                    say(f"No outbound contact on record in {int(r['tenure_days'])} days as a client",
+                        "silence_never", tenure_days=int(r["tenure_days"]))
+                else:
+                    say(f"No contact from the bank for {int(since)} days", "silence", days=int(since))
             elif t == "complaint":
                 if float(r.get("open_complaints", 0) or 0) > 0:
                     codes.append("complaint_open")
                     sev = {1: "low", 2: "medium", 3: "high"}.get(int(r.get("open_complaint_max_severity") or 0), "")
-                    tp.append(f"Open complaint{f' ({sev} severity)' if sev else ''}: follow up on its resolution; "
-                              f"no offers until it is resolved")
+                    say(f"Open complaint{f' ({sev} severity)' if sev else ''}: follow up on its resolution; "
+                        f"no offers until it is resolved", "complaint_open_severity" if sev else "complaint_open",
+                        **({"severity": sev} if sev else {}))
                 else:
                     codes.append("complaint_resolved")
-                    tp.append(f"Complaint resolved {int(r['days_since_resolved_complaint'])} days ago: "
-                              f"check the client is satisfied")
+                    say(f"Complaint resolved {int(r['days_since_resolved_complaint'])} days ago: "
+                        f"check the client is satisfied", "complaint_resolved",
+                        days=int(r["days_since_resolved_complaint"]))
             elif t == "td_maturity":
                 codes.append("td_maturity")
-                tp.append(f"Term deposit matures in {int(r['days_to_td_maturity'])} days: discuss reinvestment")
+                say(f"Term deposit matures in {int(r['days_to_td_maturity'])} days: discuss reinvestment",
+                    "td_maturity", days=int(r["days_to_td_maturity"]))
             elif t == "anniversary":
                 codes.append("anniversary")
                 # Calendar years at the coming anniversary: its year minus the onboarding year.
                 onboarded = day - timedelta(days=int(r["tenure_days"]))
                 years = (day + timedelta(days=int(r["days_to_onboarding_anniversary"]))).year - onboarded.year
-                tp.append(f"{years} year{'s' if years != 1 else ''} with the bank in "
-                          f"{int(r['days_to_onboarding_anniversary'])} days")
+                say(f"{years} year{'s' if years != 1 else ''} with the bank in "
+                    f"{int(r['days_to_onboarding_anniversary'])} days", "anniversary", years=years,
+                    days=int(r["days_to_onboarding_anniversary"]))
             else:
                 codes.append("holiday")
-                tp.append("Seasonal greeting")
+                say("Seasonal greeting", "holiday")
         if len(tp) < 3 and pd.notna(health):
             codes.append(f"lifecycle_{stage}")
-            tp.append(f"Relationship health {health:.0f}/100, {stage} client")
+            say(f"Relationship health {health:.0f}/100, {stage} client", "health", health=round(health),
+                stage=str(stage))
         reasons.append("|".join(codes))
         points.append(" || ".join(tp[:3]))
-    return reasons, points
+        data.append(json.dumps(said[:3], separators=(",", ":"), ensure_ascii=False))
+    return reasons, points, data
 
 
 # -------------------------------------------------------------------------------------------------
@@ -867,8 +912,8 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                 out.append(row)
                 continue
             acts = [catalog.actions[j] for j in order]
-            reasons, points = explain(None, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
-                                      catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order))
+            reasons, points, data = explain(None, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
+                                            catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order))
             for k, (j, a) in enumerate(zip(order, acts)):
                 c = CHANNELS[d["action_channel"][i, j]]
                 row["actions"].append({
@@ -878,6 +923,7 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                     "propensity": round(float(d["P"][i, j]), 5), "value": round(float(d["V"][i, j]), 2),
                     "reasons": reasons[k].split("|") if reasons[k] else [],
                     "talking_points": points[k].split(" || ") if points[k] else [],
+                    "talking_point_data": json.loads(data[k]),
                     "decision_id": decision_id(day, ids[i], a.action_id)})
             trace["chosen"] = {"action_id": acts[0].action_id, "channel": row["actions"][0]["channel"],
                                "assignment": "realtime"}

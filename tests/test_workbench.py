@@ -5,6 +5,8 @@ The browser test (real Chromium) is tests/test_workbench_browser.py."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from datetime import datetime, time, timedelta, timezone
 
@@ -328,3 +330,23 @@ def test_a_server_without_a_model_answers_with_a_page(workbench_home, keys, book
         r = c.get(f"/clients/{book[1].customer_id.iloc[0]}", headers={"Accept": "text/html"})
         assert r.status_code == 503 and r.headers["content-type"].startswith("text/html")
         assert "tracking" not in r.text and "sqlite" not in r.text
+
+
+def test_talking_points_are_said_in_chinese_from_the_engines_data(client, keys, book):
+    """Every talking point code of the engine has a sentence in each catalog with its fields, and the
+    Chinese list shows none of the engine's English sentences."""
+    from nba.decision import TALKING_POINT_CODES
+    for lang in LANGUAGES:
+        cat = catalog(lang)
+        for code, fields in TALKING_POINT_CODES.items():
+            assert f"tp.{code}" in cat, (lang, code)
+            want = {"offer" if f == "action_id" else f for f in fields}
+            assert set(re.findall(r"{(\w+)}", cat[f"tp.{code}"])) == want, (lang, code)
+    rm, mine, _ = book
+    said = {code for data in mine.talking_point_data for code, _ in json.loads(data)}
+    assert said <= set(TALKING_POINT_CODES) and len(said) >= 3
+    sign_in(client, keys["rm"])
+    zh = client.get("/?lang=zh").text
+    english = {p for tp in mine.talking_points for p in tp.split(" || ")}
+    assert not [p for p in english if html.escape(p, quote=False) in zh]
+    assert "关系健康度" in zh

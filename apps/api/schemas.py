@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Any, Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -72,6 +72,9 @@ class ActionOut(BaseModel):
     value: float = Field(description="value if it succeeds (currency)")
     reasons: list[str]
     talking_points: list[str]
+    talking_point_data: list[tuple[str, dict[str, Any]]] = Field(
+        default_factory=list, description="the talking points as data, one [code, fields] per point, for a tool "
+        "that says them in its own language (nba.decision.TALKING_POINT_CODES)")
     decision_id: str
 
 

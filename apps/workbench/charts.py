@@ -9,19 +9,23 @@ also gives the same numbers as a table (a chart is never the only way to read a 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib import rcParams  # noqa: E402
+from matplotlib import font_manager, rcParams  # noqa: E402
 from matplotlib.backends.backend_svg import FigureCanvasSVG  # noqa: E402
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import EngFormatter, PercentFormatter  # noqa: E402
 
 rcParams["svg.fonttype"] = "none"
+# Text is drawn by the browser (fonttype none); fonts here only size the labels: a CJK one where installed.
+_CJK = ("Noto Sans CJK SC", "WenQuanYi Zen Hei", "Source Han Sans SC")
+rcParams["font.family"] = ["DejaVu Sans", *[n for n in _CJK if n in {f.name for f in font_manager.fontManager.ttflist}]]
 rcParams["svg.hashsalt"] = "nba-workbench"  # stable ids: the same data gives the same bytes
 
 INK, MUTED, ASSETS, LIABS, HEALTH, CHURN = "#1f2933", "#52606d", "#1b6ca8", "#b44a3c", "#2f7d32", "#a4461b"
@@ -54,7 +58,10 @@ def _style(ax, ylabel: str | None = None) -> None:
 
 def _svg(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    FigureCanvasSVG(fig).print_svg(buf, metadata={"Date": None, "Creator": None})
+    with warnings.catch_warnings():
+        # Without a CJK font matplotlib warns per glyph while sizing labels; the browser draws them.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        FigureCanvasSVG(fig).print_svg(buf, metadata={"Date": None, "Creator": None})
     return buf.getvalue()
 
 

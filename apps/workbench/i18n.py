@@ -46,6 +46,10 @@ class Translator:
         text = self._own.get(key) or self._en.get(key) or key
         return text.format(**fields) if fields else text
 
+    def has(self, key: str) -> bool:
+        """Whether this language's own catalog has ``key`` (no English fallback)."""
+        return key in self._own
+
     def value(self, kind: str, value) -> str:
         """A data value (``value("channel", "phone")``): its translation, or the value itself."""
         if value is None:

@@ -169,7 +169,54 @@ def _row_dict(r: pd.Series) -> dict:
     d = r.to_dict()
     d["reasons"] = [x for x in str(d.get("reasons") or "").split("|") if x]  # reason codes
     d["talking_points"] = [x for x in str(d.get("talking_points") or "").split(" || ") if x]
+    raw = d.get("talking_point_data")
+    try:
+        d["talking_point_data"] = json.loads(raw) if isinstance(raw, str) and raw else []
+    except ValueError:
+        d["talking_point_data"] = []
     return d
+
+
+_PERCENT = ("p", "share", "save_rate")
+_VALUES = {"segment": "segment", "stage": "lifecycle", "mood": "emotion", "severity": "severity",
+           "band": "age_band"}
+
+
+def _say(t: Translator, code: str, fields: dict) -> str:
+    """One talking point in ``t``'s language from the engine's data (``nba.decision.explain``):
+    ``KeyError`` when this language's catalog lacks the sentence (the caller keeps the English one)."""
+    if not t.has(f"tp.{code}"):
+        raise KeyError(code)
+    if code == "facts":
+        return t("tp.facts_sep").join(_say(t, c, f) for c, f in fields["parts"])
+    out = {}
+    for k, v in fields.items():
+        if k in _PERCENT:
+            out[k] = f"{float(v):.0%}"
+        elif k == "assets":
+            out[k] = f"{float(v):,.0f}"
+        elif k == "action_id":
+            out["offer"] = t.value("action", v)
+        elif k in _VALUES:
+            out[k] = t.value(_VALUES[k], v)
+        else:
+            out[k] = v
+    return t(f"tp.{code}", **out)
+
+
+def talking_points(t: Translator, english: list[str], data: list) -> list[str]:
+    """The talking points in the page's language: the engine's English text in English, else each point
+    from its data and this language's catalog, falling back to the English text point by point."""
+    if t.lang == "en" or not data:
+        return english
+    out = []
+    for k, item in enumerate(data):
+        try:
+            code, fields = item
+            out.append(_say(t, code, fields))
+        except (KeyError, ValueError, TypeError, IndexError):
+            out.append(english[k] if k < len(english) else "")
+    return [x for x in out if x]
 
 
 def install(app: FastAPI, home: Home) -> None:
@@ -210,6 +257,7 @@ def install(app: FastAPI, home: Home) -> None:
             return t.value("action", action_id)
 
         base = {"request": request, "t": t, "lang": lang, "session": session, "label": label,
+                "points": lambda r: talking_points(t, r["talking_points"], r.get("talking_point_data") or []),
                 "csrf": session.csrf if session else None, "path": path, "query": query,
                 "lang_links": {lg: f"{path}?{urlencode({**query, 'lang': lg})}" for lg in LANGUAGES},
                 "list_back": "list?" + urlencode(query) if path == "/" else "list?"}
