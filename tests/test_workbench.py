@@ -350,3 +350,22 @@ def test_talking_points_are_said_in_chinese_from_the_engines_data(client, keys, 
     english = {p for tp in mine.talking_points for p in tp.split(" || ")}
     assert not [p for p in english if html.escape(p, quote=False) in zh]
     assert "关系健康度" in zh
+
+
+def test_a_list_made_ahead_for_a_later_day_is_not_todays(client, keys, book, workbench_home):
+    """The default list is the newest not after the bank's today (the API clock); a later day's list can be
+    read but takes no outcomes yet."""
+    import shutil
+    from datetime import timedelta as _td
+    ahead = AS_OF + _td(days=3)
+    folder = workbench_home.daily / ahead.isoformat()
+    shutil.copytree(workbench_home.daily / AS_OF.isoformat(), folder, symlinks=True)
+    try:
+        sign_in(client, keys["rm"])
+        page = client.get("/").text
+        assert f"{AS_OF.isoformat()}:" in page and 'class="outcome"' in page
+        later = client.get(f"/?day={ahead.isoformat()}").text
+        assert "Not yet" in later and 'class="outcome"' not in later
+        assert "Outcome recorded" not in client.get("/?recorded=Nbogus").text
+    finally:
+        shutil.rmtree(folder)

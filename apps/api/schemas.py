@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
+from nba.decision import TALKING_POINT_CODES
 from nba.schema import ACTION_OUTCOME_VALUES, CHANNELS
 
 
@@ -73,8 +74,12 @@ class ActionOut(BaseModel):
     reasons: list[str]
     talking_points: list[str]
     talking_point_data: list[tuple[str, dict[str, Any]]] = Field(
-        default_factory=list, description="the talking points as data, one [code, fields] per point, for a tool "
-        "that says them in its own language (nba.decision.TALKING_POINT_CODES)")
+        default_factory=list, description="the talking points as data, for a tool that says them in its own "
+        "language: one [code, fields] per point, in the order of talking_points. Probabilities are 0-1, money "
+        "in the bank's currency, days whole days; 'facts' holds 'parts', a list of [code, fields] said as one "
+        "sentence. Codes and their fields: " + "; ".join(
+            f"{c} ({', '.join(f) or 'no fields'})" for c, f in TALKING_POINT_CODES.items()),
+        examples=[[["birthday_in", {"days": 5, "turns": 41}], ["health", {"health": 72, "stage": "mature"}]]])
     decision_id: str
 
 

@@ -44,7 +44,12 @@ def _dates(ax) -> None:
     ax.xaxis.set_major_formatter(ConciseDateFormatter(
         locator, formats=["%Y", "%m", "%m-%d", "%H:%M", "%H:%M", "%S.%f"],
         zero_formats=["", "%Y", "%Y-%m", "%m-%d", "%H:%M", "%H:%M"],
-        offset_formats=["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"]))
+        offset_formats=["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"], show_offset=False))
+
+
+def _one_date(ax, x) -> None:
+    if len(set(x)) == 1:  # one date: a month either side, not matplotlib's years
+        ax.set_xlim(x[0] - timedelta(days=30), x[0] + timedelta(days=30))
 
 
 def _style(ax, ylabel: str | None = None) -> None:
@@ -81,7 +86,12 @@ def balance_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
         ax.plot(x, [p["liabilities"] for p in points], color=LIABS, linewidth=2, marker="s", markersize=3,
                 linestyle="--", label=labels["liabilities"])
     ax.yaxis.set_major_formatter(EngFormatter(sep=""))  # 1.5k, 2M: as many digits as the ticks need
+    values = [p["assets"] for p in points] + [p["liabilities"] for p in points]
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, 0.1 * max(abs(hi), abs(lo)), 100.0)  # flat or zero: a readable range, no milli-units
+    ax.set_ylim(max(0.0, lo - 0.1 * span) if lo >= 0 else lo - 0.1 * span, hi + 0.1 * span)
     ax.legend(frameon=False, fontsize=8, labelcolor=INK)
+    _one_date(ax, x)
     _dates(ax)
     _style(ax)
     return _svg(fig)
@@ -114,8 +124,7 @@ def state_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
         h2, n2 = ax2.get_legend_handles_labels()
         handles, names = handles + h2, names + n2
     ax.legend(handles, names, frameon=False, fontsize=8, labelcolor=INK, loc="lower left")
-    if len(set(x)) == 1:  # one date: a month either side, not matplotlib's years
-        ax.set_xlim(x[0] - timedelta(days=30), x[0] + timedelta(days=30))
+    _one_date(ax, x)
     _dates(ax)
     return _svg(fig)
 

@@ -81,7 +81,7 @@ class Workbench:
         self.home, self.sessions, self.login_limiter = home, sessions, login_limiter
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
         self.templates.env.globals.update(LANGUAGES=LANGUAGES, LANGUAGE_NAMES=NAMES)
-        self.templates.env.filters.update(money=_money, pct=_pct, when=_when)
+        self.templates.env.filters.update(money=_money, pct=_pct, when=_when, plain=plain)
         self._days: dict[date, tuple[float, dict[str, pd.DataFrame]]] = {}
         self._lock = threading.Lock()
         self._views: dict[tuple, ClientView] = {}
@@ -187,6 +187,8 @@ def _say(t: Translator, code: str, fields: dict) -> str:
     ``KeyError`` when this language's catalog lacks the sentence (the caller keeps the English one)."""
     if not t.has(f"tp.{code}"):
         raise KeyError(code)
+    if fields.get("days") == 0 and t.has(f"tp.{code}_today"):  # "in 0 days" reads as "today"
+        code = f"{code}_today"
     if code == "facts":
         return t("tp.facts_sep").join(_say(t, c, f) for c, f in fields["parts"])
     out = {}
@@ -238,6 +240,9 @@ def install(app: FastAPI, home: Home) -> None:
                     w = state["wb"] = Workbench(home, sessions, RateLimiter(s.workbench_login_rate_limit,
                                                                             s.rate_limit_storage))
         return w
+
+    def t_of(request: Request) -> Translator:
+        return Translator(lang_of(request))
 
     def lang_of(request: Request) -> str:
         return negotiate(request.query_params.get("lang"), request.cookies.get(LANG_COOKIE),
@@ -297,7 +302,7 @@ def install(app: FastAPI, home: Home) -> None:
         return resp
 
     @app.post("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login(request: Request, key: str = Form("", max_length=200), csrf: str = Form("", max_length=100)) -> Response:
+    def login(request: Request, key: str = Form(""), csrf: str = Form("")) -> Response:
         w = wb(request)
         server = request.app.state.server
 
@@ -308,16 +313,20 @@ def install(app: FastAPI, home: Home) -> None:
                             secure=request.url.scheme == "https")
             return resp
 
-        if not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
+        if len(csrf) > 100 or not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
             return again("login.expired", 400)
+        key = key.strip()[:300]  # longer is no key of ours (KeyStore.verify refuses over 200)
         # Failed attempts are limited per client address (a wrong key, or not an RM's). A valid RM key always
         # signs in: a flood of bad keys from one address (an office behind one NAT) locks no RM out, and
         # a 256-bit key is not guessed anyway; the limit keeps the flood cheap.
         address = request.client.host if request.client else "unknown"
-        principal = server.keys.verify(key.strip())
+        principal = server.keys.verify(key)
         if principal is None or principal.scope != RM or not principal.rm_id:
-            if w.login_limiter.blocked(address) is not None:
-                return again("login.throttled", 429)
+            wait = w.login_limiter.blocked(address)
+            if wait is not None:
+                resp = again("login.throttled", 429)
+                resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return resp
             w.login_limiter.hit(address)
             if principal is None:
                 log.info("workbench sign-in refused: invalid key")
@@ -333,7 +342,7 @@ def install(app: FastAPI, home: Home) -> None:
         return resp
 
     @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, csrf: str = Form("", max_length=100)) -> Response:
+    def logout(request: Request, csrf: str = Form("")) -> Response:
         session = current(request)
         if session is not None and not csrf_ok(session.csrf, csrf):
             return render(request, "message.html", {"title_key": "error.title", "message_key": "error.csrf"},
@@ -365,7 +374,7 @@ def install(app: FastAPI, home: Home) -> None:
                 return render(request, "message.html", {"title_key": "error.title", "message_key": "list.no_day",
                                                         "fields": {"day": day[:40]}}, status=404, session=session)
         elif days:
-            chosen = days[0]
+            chosen = _current_day(days, _today(server))
         rows: list[dict] = []
         counts = {"all": 0, "open": 0, "done": 0, "tried": 0}
         if chosen is not None:
@@ -398,7 +407,8 @@ def install(app: FastAPI, home: Home) -> None:
                         "kind": kind if kind in ("in_person", "digital") else "",
                         "status": status if status in ("open", "done", "tried") else ""},
             "families": ACTION_FAMILIES, "channels": CHANNELS, "reasons": DECLINE_REASONS, "outcomes": OUTCOMES,
-            "idem": secrets.token_urlsafe(12), "done_id": request.query_params.get("recorded"),
+            "idem": secrets.token_urlsafe(12),
+            "done_id": _shown(request.query_params.get("recorded"), rows),
         }, session=session)
 
     # -- a client --------------------------------------------------------------------------------
@@ -438,8 +448,9 @@ def install(app: FastAPI, home: Home) -> None:
             evidence = {}
         days = w.days()
         today_rows = []
-        if days:
-            g = w.book(days[0], session.principal.rm_id)
+        list_day = _current_day(days, _today(server)) if days else None
+        if list_day is not None:
+            g = w.book(list_day, session.principal.rm_id)
             if len(g):
                 mine = g[g["customer_id"] == customer_id]
                 got = server.ledger.outcomes_of(mine["decision_id"].tolist())
@@ -472,10 +483,11 @@ def install(app: FastAPI, home: Home) -> None:
             "holdings": view.holdings(customer_id), "interactions": view.interactions(customer_id),
             "complaints": view.complaints(customer_id), "moments": care_moments(f),
             "today": today_rows, "past": past, "balance": balance, "history": history, "contacts": contacts,
-            "day": days[0] if days else None, "features_day": st.day, "model": st.label,
-            "can_record": bool(days) and days[0] <= _today(server),
+            "day": list_day, "features_day": st.day, "model": st.label,
+            "can_record": list_day is not None and list_day <= _today(server),
+            "tenure": _tenure(t_of(request), f.get("tenure_days")),
             "reasons": DECLINE_REASONS, "outcomes": OUTCOMES, "idem": secrets.token_urlsafe(12),
-            "done_id": request.query_params.get("recorded"),
+            "done_id": _shown(request.query_params.get("recorded"), today_rows + past),
             "consents": {c: bool(f.get(f"consent_{c}")) for c in (*CHANNELS, "marketing")},
         }, session=session)
 
@@ -576,12 +588,35 @@ def install(app: FastAPI, home: Home) -> None:
                       session=None)
 
 
+def _shown(decision_id: str | None, rows: list[dict]) -> str | None:
+    """The just-recorded decision, if the page shows it (no "recorded" flash for any id in a URL)."""
+    return decision_id if decision_id and any(r.get("decision_id") == decision_id for r in rows) else None
+
+
+def plain(text: Any) -> str:
+    """Text from the data or a caller, without bidirectional controls (they would reorder what is shown)."""
+    return _BIDI.sub("", "" if text is None else str(text))
+
+
 def _scalar(v: Any) -> Any:
     """A feature value for the page: NumPy scalars as Python values, missing (NaN, NA) as None."""
     v = v.item() if hasattr(v, "item") else v
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return None
     return v
+
+
+def _current_day(days: list[date], today: date) -> date:
+    """The list an RM works today: the newest daily run not after today (a run made ahead for tomorrow
+    is not today's list), else the oldest one there is. ``days`` newest first."""
+    return next((d for d in days if d <= today), days[-1])
+
+
+def _tenure(t: Translator, tenure_days) -> str:
+    if tenure_days is None:
+        return "?"
+    n = int(tenure_days)
+    return t("client.tenure_years", n=n // 365) if n >= 365 else t("client.tenure_months", n=n // 30)
 
 
 def _today(server) -> date:
