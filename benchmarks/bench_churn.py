@@ -1,0 +1,443 @@
+"""Churn: the GNN's churn head against tabular baselines on the same holdout (issue 17, groundwork).
+
+    python benchmarks/bench_churn.py --home /tmp/churnbench [--customers 20000] [--seed 7]
+        [--config configs/train.yaml] [--set section.key=value ...] [--gnn-seeds 0] [--bootstrap 1000] [--out FILE]
+
+The first run builds the home when it holds no store yet (about 10 s for 20,000 clients on 2 cores):
+
+    nba --home H data generate -n N --seed S --workers 2
+    nba --home H data ingest H/synthetic
+
+Later runs reuse it (a home built by those two commands by hand is reused too). Then, with
+``as_of = data end - horizon`` (the backtest date; the horizon is ``data.churn_horizon_days``, 90):
+
+1. **GNN**: ``training.pipeline.run_training(home, cfg, as_of)`` with ``--config`` (default
+   ``configs/train.yaml``) and ``ray.enabled=false`` (plus ``model.seed`` per ``--gnn-seeds``); the
+   bundle is read back through the registry (``bundle.registry.load_registered(home, version)``) and its
+   ``churn`` (P(churn within 90 days) at as_of, aligned with ``customer_ids``) is the GNN's score.
+2. **Baselines** (scikit-learn), trained the way the churn head is trained (``training.pipeline.prepare``):
+   features at ``as_of - horizon`` (``features_at``) with the churn of the horizon that followed
+   (``label_frame``), i.e. a *temporal* split, no client-level split; same rows, and the same input
+   columns as the head (the numeric and categorical columns of the bundle's fitted encoder):
+   - ``logreg``: median imputation with missing-value indicators, standardisation, one-hot
+     categoricals (``ColumnTransformer``), ``LogisticRegression``;
+   - ``logreg_log1p``: the same after a signed ``log1p`` of the numeric columns (what the GNN's encoder
+     does before standardising);
+   - ``hgb``: ``HistGradientBoostingClassifier`` with native categorical support (pandas categories),
+     missing values native, default settings (early stopping on 10% of the rows, ``random_state=0``).
+   Each is also trained on the clients who held a product at the training date only (``*_holders``).
+3. **Evaluation** on the horizon after as_of (the window ``training.pipeline.evaluate`` uses), on
+   the clients onboarded before as_of, with the labels of ``feature_store.offline.label_frame``:
+   - ``holders``: clients who held at least one product at as_of (the population the churn label is
+     defined on; the others cannot churn and count as non-churners in the pipeline's figure today);
+   - ``all``: every client, as ``training.pipeline.evaluate`` scores the churn head today.
+   Metrics (``sklearn.metrics``): ROC AUC, PR AUC (average precision), Brier score, log loss; base rate
+   and mean predicted probability; ECE over 10 equal-width bins (``nba.metrics.calibration``, the
+   pipeline's definition) and over 10 equal-count bins, the reliability table of
+   ``sklearn.calibration.calibration_curve`` (10 quantile bins); the share of churners in the top 10% of
+   scores. A paired bootstrap (``--bootstrap`` resamples of the holders) gives 95% intervals of every
+   ROC AUC and of the GNN's difference to each baseline.
+
+Progress goes to stderr; one JSON object with every figure (and the command, machine, date, commit) is
+printed on stdout at the end, and written to ``--out`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+NBA = str(Path(sys.executable).with_name("nba"))
+MARKER = "bench-churn-home.json"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def commit() -> str:
+    """The checkout measured: the short commit, and the tracked files that differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.split()
+        return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def build_home(home_dir: Path, customers: int, seed: int) -> dict:
+    """Generate and ingest the synthetic bank unless the home already holds a store."""
+    from feature_store.store import TableStore
+    from nba.home import Home
+
+    home = Home.resolve(home_dir)
+    marker = home_dir / MARKER
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        say(f"reusing {home_dir} (built {info['built']}, {info['customers']:,} customers, seed {info['seed']})")
+        return info
+    if home.store.is_dir() and TableStore(home.store).current() is not None:
+        n = TableStore(home.store).require_current().read("customers").num_rows
+        say(f"reusing the store of {home_dir} ({n:,} customers; built outside this script)")
+        return {"built": None, "customers": n, "seed": None, "steps": None}
+    home_dir.mkdir(parents=True, exist_ok=True)
+    base = [NBA, "--home", str(home_dir)]
+    steps = {}
+    with open(home_dir / "bench-build.log", "a") as log:
+        for name, cmd in (("generate_s", [*base, "data", "generate", "-n", str(customers), "--seed", str(seed),
+                                          "--workers", "2"]),
+                          ("ingest_s", [*base, "data", "ingest", str(home_dir / "synthetic")])):
+            say("+ " + " ".join(cmd))
+            t = time.perf_counter()
+            r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            if r.returncode:
+                sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}; see {log.name}")
+            steps[name] = round(time.perf_counter() - t, 1)
+    info = {"built": date.today().isoformat(), "customers": customers, "seed": seed, "steps": steps}
+    marker.write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+
+def held_status(version, as_of: date) -> pd.DataFrame:
+    """Per client onboarded before as_of: held a product at as_of (the churn label's own rule), and held
+    one at some time before as_of."""
+    from feature_store.offline import connect
+
+    D = f"DATE '{as_of.isoformat()}'"
+    con = connect(version)
+    try:
+        return con.execute(f"""
+            SELECT c.customer_id,
+                   coalesce(bool_or(h.opened_at < {D} AND (h.closed_at IS NULL OR h.closed_at >= {D})), false)
+                       AS held_at_as_of,
+                   coalesce(bool_or(h.opened_at < {D}), false) AS held_before
+            FROM customers c LEFT JOIN holdings h USING (customer_id)
+            WHERE c.onboarded_at < {D} GROUP BY c.customer_id""").df()
+    finally:
+        con.close()
+
+
+def labelled(home, version, as_of: date, horizon: int) -> pd.DataFrame:
+    """Features at as_of with the churn of the horizon after (the rows of ``prepare``'s churn examples)."""
+    from feature_store.materialize import features_at
+    from feature_store.offline import label_frame
+    from nba import features as F
+
+    feats = features_at(home, as_of, version)
+    labels = label_frame(version, as_of, horizon)[["customer_id", F.LABEL_CHURN]]
+    df = feats.merge(labels, on="customer_id", how="inner", validate="one_to_one")
+    df = df.merge(held_status(version, as_of), on="customer_id", how="left", validate="one_to_one")
+    df["y"] = df[F.LABEL_CHURN].fillna(False).astype(bool)
+    return df.sort_values("customer_id").reset_index(drop=True)
+
+
+def numeric_frame(df: pd.DataFrame, numeric: list[str]) -> pd.DataFrame:
+    # As the encoder reads them: nullable ints/bools -> float64 with NaN.
+    return df[numeric].apply(pd.to_numeric, errors="coerce").astype("float64")
+
+
+# ------------------------------------------------------------------------------------------------
+# Baselines
+
+
+def signed_log1p(x):
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def make_logreg(numeric: list[str], categorical: list[str], log1p: bool):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+    num_steps = [("log1p", FunctionTransformer(signed_log1p, feature_names_out="one-to-one"))] if log1p else []
+    num_steps += [("impute", SimpleImputer(strategy="median", add_indicator=True)), ("scale", StandardScaler())]
+    pre = ColumnTransformer([("num", Pipeline(num_steps), numeric),
+                             ("cat", OneHotEncoder(handle_unknown="ignore"), categorical)])
+    return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=5000))])
+
+
+def logreg_x(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+    x = numeric_frame(df, numeric)
+    for c in categorical:
+        x[c] = df[c].astype(str)  # as the encoder one-hots them (missing -> "nan")
+    return x
+
+
+def hgb_x(df: pd.DataFrame, numeric: list[str], categories: dict[str, list[str]]) -> pd.DataFrame:
+    x = numeric_frame(df, numeric)
+    for c, values in categories.items():
+        v = df[c].astype("object")
+        x[c] = pd.Categorical(v.where(v.isin(values)), categories=values)  # unseen or missing -> NaN
+    return x
+
+
+def fit_baselines(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str],
+                  suffix: str = "") -> dict[str, dict]:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    out = {}
+    y = train["y"].to_numpy()
+    for name, log1p in (("logreg", False), ("logreg_log1p", True)):
+        model = make_logreg(numeric, categorical, log1p)
+        t = time.perf_counter()
+        model.fit(logreg_x(train, numeric, categorical), y)
+        secs = time.perf_counter() - t
+        p = model.predict_proba(logreg_x(test, numeric, categorical))[:, 1]
+        out[name + suffix] = {"score": p, "train_seconds": round(secs, 2), "train_rows": len(train),
+                              "n_iter": int(model[-1].n_iter_[0])}
+    categories = {c: sorted(map(str, train[c].dropna().unique())) for c in categorical}
+    model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
+    t = time.perf_counter()
+    model.fit(hgb_x(train, numeric, categories), y)
+    secs = time.perf_counter() - t
+    p = model.predict_proba(hgb_x(test, numeric, categories))[:, 1]
+    out["hgb" + suffix] = {"score": p, "train_seconds": round(secs, 2), "train_rows": len(train),
+                           "n_iter": int(model.n_iter_)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    from nba.metrics import calibration
+
+    y = y.astype(bool)
+    p = np.clip(p.astype("float64"), 0.0, 1.0)
+    eq_width = calibration(y, p, bins=10)
+    # Equal-count bins: the probabilities here are mostly below 0.1, where equal-width bins put everything
+    # into the first bin.
+    order = np.argsort(p, kind="stable")
+    ece_q = 0.0
+    for part in np.array_split(order, 10):
+        ece_q += len(part) / len(p) * abs(p[part].mean() - y[part].mean())
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    top = order[::-1][: max(1, len(p) // 10)]
+    return {
+        "n": int(len(y)), "churners": int(y.sum()), "base_rate": round(float(y.mean()), 5),
+        "roc_auc": round(float(roc_auc_score(y, p)), 4),
+        "pr_auc": round(float(average_precision_score(y, p)), 4),
+        "brier": round(float(brier_score_loss(y, p)), 5),
+        "log_loss": round(float(log_loss(y, p, labels=[False, True])), 5),
+        "mean_predicted": round(float(p.mean()), 5),
+        "ece_10_equal_width": round(eq_width["ece"], 5),
+        "ece_10_equal_count": round(float(ece_q), 5),
+        "top10pct_churner_share": round(float(y[top].sum() / max(y.sum(), 1)), 4),
+        "reliability_quantile_bins": [{"predicted": round(float(a), 5), "observed": round(float(b), 5)}
+                                      for a, b in zip(prob_pred, prob_true)],
+        "reliability_equal_width_bins": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in b.items()}
+                                         for b in eq_width["bins"]],
+    }
+
+
+def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], ref: str, b: int, seed: int = 0) -> dict:
+    """Paired bootstrap over clients: 95% intervals of each ROC AUC and of ``ref`` minus each other model."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    aucs = {k: [] for k in scores}
+    done = 0
+    while done < b:
+        idx = rng.integers(0, n, n)
+        yy = y[idx]
+        if not 0 < yy.sum() < n:
+            continue
+        for k, s in scores.items():
+            aucs[k].append(roc_auc_score(yy, s[idx]))
+        done += 1
+    ci = lambda a: [round(float(np.percentile(a, 2.5)), 4), round(float(np.percentile(a, 97.5)), 4)]  # noqa: E731
+    out = {"resamples": b, "roc_auc_95ci": {k: ci(v) for k, v in aucs.items()}, f"{ref}_minus_95ci": {}}
+    for k in scores:
+        if k != ref:
+            d = np.array(aucs[ref]) - np.array(aucs[k])
+            out[f"{ref}_minus_95ci"][k] = ci(d) + [round(float((d <= 0).mean()), 4)]
+    out["note"] = f"{ref}_minus_95ci: [2.5%, 97.5%, share of resamples where {ref} does not beat the model]"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", type=Path, required=True, help="built on the first run when empty, reused after")
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--seed", type=int, default=7, help="the synthetic bank's seed (first run only)")
+    ap.add_argument("--config", type=Path, default=REPO / "configs/train.yaml")
+    ap.add_argument("--set", action="append", default=[], help="training config override section.key=value")
+    ap.add_argument("--gnn-seeds", default="0", help="comma-separated model.seed values: one GNN run each")
+    ap.add_argument("--as-of", default=None, help="backtest date (default: data end - horizon)")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ["NBA_HOME"] = str(args.home)
+
+    res: dict = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": date.today().isoformat(),
+                 "commit": commit(), "home": str(args.home)}
+    res["bank"] = build_home(args.home, args.customers, args.seed)
+
+    from bundle import registry
+    from feature_store.materialize import default_as_of
+    from feature_store.store import TableStore
+    from nba.home import Home
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    home = Home.resolve(args.home).ensure()
+    version = TableStore(home.store).require_current()
+    cfg0, cfg_path = load_run_config(args.config, ["ray.enabled=false", *args.set])
+    horizon = cfg0.data.churn_horizon_days
+    if cfg0.evaluation.horizon_days != horizon:
+        sys.exit("this benchmark expects data.churn_horizon_days == evaluation.horizon_days")
+    end = default_as_of(version)
+    as_of = date.fromisoformat(args.as_of) if args.as_of else end - timedelta(days=horizon)
+    past = as_of - timedelta(days=horizon)
+    res.update({"data_end": str(end), "as_of": str(as_of), "horizon_days": horizon,
+                "split": (f"temporal, as the GNN's churn head: trained on features at {past} with the churn of "
+                          f"[{past}, {as_of}), evaluated on features at {as_of} with the churn of "
+                          f"[{as_of}, {as_of + timedelta(days=horizon)})"),
+                "gnn_config": str(cfg_path.relative_to(REPO) if cfg_path.is_relative_to(REPO) else cfg_path),
+                "gnn_overrides": ["ray.enabled=false", *args.set]})
+
+    # 1. GNN runs -------------------------------------------------------------------------------
+    gnn_runs, scores = [], {}
+    ids = None
+    encoder = None
+    for seed in [int(s) for s in args.gnn_seeds.split(",") if s.strip()]:
+        cfg = load_run_config(args.config, ["ray.enabled=false", f"model.seed={seed}", *args.set])[0]
+        say(f"GNN: training {cfg_path.name} seed {seed} at {as_of} (no Ray)")
+        t = time.perf_counter()
+        report = run_training(home, cfg, as_of, log=lambda m: say("  " + m), promote=False)
+        wall = time.perf_counter() - t
+        bundle, v = registry.load_registered(home, report.registered.version)
+        if bundle.churn is None:
+            sys.exit("the bundle carries no churn probabilities (no churn head)")
+        if ids is None:
+            ids, encoder = list(bundle.customer_ids), bundle.encoder
+        elif list(bundle.customer_ids) != ids:
+            sys.exit("GNN runs disagree on the customers")
+        name = "gnn" if not gnn_runs else f"gnn_seed{seed}"
+        scores[name] = np.asarray(bundle.churn, dtype="float64")
+        ev = (report.evaluation or {}).get("churn", {})
+        gnn_runs.append({"model": name, "seed": seed, "registered_version": v, "best_epoch": report.result.best_epoch,
+                         "epochs_run": len(report.result.history),
+                         "prepare_s": round(report.seconds["prepare"], 1), "train_s": round(report.seconds["train"], 1),
+                         "evaluate_s": round(report.seconds["evaluate"], 1), "run_training_wall_s": round(wall, 1),
+                         "pipeline_churn_eval": {k: ev.get(k) for k in ("roc_auc", "pr_auc", "base_rate", "ece")}})
+        say(f"  -> version {v}, {wall:.0f} s; pipeline's churn ROC AUC {ev.get('roc_auc')}")
+    if not gnn_runs:
+        sys.exit("--gnn-seeds names no run")
+    res["gnn_runs"] = gnn_runs
+
+    # 2. Frames ---------------------------------------------------------------------------------
+    t = time.perf_counter()
+    test = labelled(home, version, as_of, horizon)
+    train = labelled(home, version, past, horizon)
+    res["frames_seconds"] = round(time.perf_counter() - t, 1)
+    if test["customer_id"].tolist() != sorted(ids) or ids != sorted(ids):
+        # The bundle's rows are the graph's customers (sorted ids); align by id either way.
+        test = test.set_index("customer_id").loc[ids].reset_index()
+    assert test["customer_id"].tolist() == ids
+
+    numeric, categorical = list(encoder.numeric), list(encoder.categorical)
+    res["inputs"] = {"numeric": len(numeric), "categorical": categorical,
+                     "note": "the columns of the bundle's fitted encoder (the churn head's inputs)"}
+
+    # Consistency of the two definitions of "holds a product at as_of".
+    np_col = pd.to_numeric(test["n_products"], errors="coerce").fillna(0).to_numpy() > 0
+    holders = test["held_at_as_of"].astype(bool).to_numpy()
+    y_all = test["y"].to_numpy()
+    left = ~holders & test["held_before"].astype(bool).to_numpy()
+    never = ~holders & ~test["held_before"].astype(bool).to_numpy()
+    res["population"] = {
+        "eval_clients": int(len(test)), "holders": int(holders.sum()),
+        "excluded": int((~holders).sum()), "excluded_left_before_as_of": int(left.sum()),
+        "excluded_never_held": int(never.sum()), "churners": int(y_all.sum()),
+        "churners_outside_holders": int((y_all & ~holders).sum()),
+        "n_products_disagrees_with_holdings": int((np_col != holders).sum()),
+        "train_clients": int(len(train)), "train_churners": int(train["y"].sum()),
+        "train_holders": int(train["held_at_as_of"].sum()),
+        "train_excluded_left": int((~train["held_at_as_of"] & train["held_before"]).sum()),
+    }
+    say(f"evaluation at {as_of}: {len(test):,} clients, {holders.sum():,} holders, {(~holders).sum():,} excluded "
+        f"({left.sum():,} left before as_of, {never.sum():,} never held), {y_all.sum()} churners; "
+        f"training rows at {past}: {len(train):,} ({train['y'].sum()} churners)")
+
+    # 3. Baselines ------------------------------------------------------------------------------
+    base = fit_baselines(train, test, numeric, categorical)
+    train_h = train[train["held_at_as_of"].astype(bool)].reset_index(drop=True)
+    base.update(fit_baselines(train_h, test, numeric, categorical, suffix="_holders"))
+    for k, v in base.items():
+        scores[k] = v["score"]
+        say(f"  {k}: trained in {v['train_seconds']} s on {v['train_rows']:,} rows")
+
+    # 4. Metrics --------------------------------------------------------------------------------
+    models = {}
+    for k, s in scores.items():
+        gnn = next((r for r in gnn_runs if r["model"] == k), None)
+        models[k] = {
+            "train_seconds": (gnn["train_s"] if gnn else base[k]["train_seconds"]),
+            "train_rows": (res["population"]["train_clients"] if gnn else base[k]["train_rows"]),
+            "holders": metrics(y_all[holders], s[holders]),
+            "all": metrics(y_all, s),
+            "mean_predicted_excluded": round(float(s[~holders].mean()), 5) if (~holders).any() else None,
+        }
+        if not gnn:
+            models[k]["n_iter"] = base[k]["n_iter"]
+    res["models"] = models
+    t = time.perf_counter()
+    res["bootstrap_holders"] = bootstrap(y_all[holders], {k: s[holders] for k, s in scores.items()}, "gnn",
+                                         args.bootstrap)
+    res["bootstrap_seconds"] = round(time.perf_counter() - t, 1)
+    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    say("\nmodel               train s   ROC AUC holders (all)   PR AUC holders (all)   Brier      ECE10w   ECE10q")
+    for k, m in models.items():
+        h, a = m["holders"], m["all"]
+        say(f"{k:20s} {m['train_seconds']:7.1f}   {h['roc_auc']:.4f} ({a['roc_auc']:.4f})       "
+            f"{h['pr_auc']:.4f} ({a['pr_auc']:.4f})        {h['brier']:.5f}  {h['ece_10_equal_width']:.4f}   "
+            f"{h['ece_10_equal_count']:.4f}")
+    text = json.dumps(res, indent=1, default=str)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
