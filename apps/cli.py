@@ -688,8 +688,15 @@ def _demo_api(home: Home) -> None:
             out.print(f"lookalike audience: {len(lk['audience'])} clients like {len(mine[:20])} of {rm_id}'s "
                       f"clients, all with email and marketing consent")
             rec = http.get(f"/v1/clients/{cid}/recommendations?k=3", headers={"X-API-Key": rm_key}).json()
-            out.print(f"{rm_id}'s own client {cid}: top products "
-                      + ", ".join(f"{r['product_id']} ({r['propensity']:.1%})" for r in rec["recommendations"]))
+            if rec["recommendations"]:
+                out.print(f"{rm_id}'s own client {cid}: top products "
+                          + ", ".join(f"{r['product_id']} ({r['propensity']:.1%})" for r in rec["recommendations"]))
+            else:  # every offer removed by a policy: say which, rather than an empty list
+                rules: dict[str, int] = {}
+                for rule in rec["removed"].values():
+                    rules[rule] = rules.get(rule, 0) + 1
+                out.print(f"{rm_id}'s own client {cid}: no product passes the offer policies ("
+                          + ", ".join(f"{n} removed by {r}" for r, n in sorted(rules.items())) + ")")
             r404 = http.get(f"/v1/clients/{other}/recommendations", headers={"X-API-Key": rm_key})
             out.print(f"{rm_id} asking for a client outside the book: HTTP {r404.status_code} (as an unknown client)")
             recorded = 0

@@ -1,7 +1,8 @@
 """Churn: the GNN's churn head against tabular baselines on the same holdout (issue 17, groundwork).
 
     python benchmarks/bench_churn.py --home /tmp/churnbench [--customers 20000] [--seed 7]
-        [--config configs/train.yaml] [--set section.key=value ...] [--gnn-seeds 0] [--bootstrap 1000] [--out FILE]
+        [--config configs/train.yaml] [--set section.key=value ...] [--gnn-seeds 0[,1,...]] [--no-truth]
+        [--bootstrap 1000] [--out FILE]
 
 The first run builds the home when it holds no store yet (about 10 s for 20,000 clients on 2 cores):
 
@@ -36,7 +37,19 @@ Later runs reuse it (a home built by those two commands by hand is reused too). 
    pipeline's definition) and over 10 equal-count bins, the reliability table of
    ``sklearn.calibration.calibration_curve`` (10 quantile bins); the share of churners in the top 10% of
    scores. A paired bootstrap (``--bootstrap`` resamples of the holders) gives 95% intervals of every
-   ROC AUC and of the GNN's difference to each baseline.
+   ROC AUC and of the GNN's difference to each baseline. ``--gnn-seeds 0,1,2`` adds GNN runs with other
+   ``model.seed`` values (``gnn_seed1``, ...) to see how much the head moves from run to run.
+   ``ablation``: the baselines refitted without the point-in-time balance columns, and without those and
+   the columns whose range depends on how far back a client's visible history goes (``leak_columns``).
+4. **Truth** (unless ``--no-truth``; synthetic homes only): the production setting. The GNN is trained at
+   the data end (its churn head learns from the features at data end - horizon and the churn that followed),
+   the baselines on the same rows, and every model scores the clients at the data end against the
+   generator's own churn of the 90 days after (``synthetic/_truth/future_churn``, not in the store), on the
+   clients holding a product at the data end. The generator's historical churners (the labels every model
+   learns from) and its future churners are not drawn the same way (see BENCHMARKS.md), so this block
+   says what the models learn that carries over to the churn the bank is built around.
+   ``cross_validated_on_truth``: a reference only, the baselines fitted on the truth labels themselves
+   (5-fold client-level cross-validation): how much of that churn the features can say at all.
 
 Progress goes to stderr; one JSON object with every figure (and the command, machine, date, commit) is
 printed on stdout at the end, and written to ``--out`` when given.
@@ -293,6 +306,159 @@ def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], ref: str, b: int, se
 # ------------------------------------------------------------------------------------------------
 
 
+def run_gnn(home, cfg_path: Path, sets: list[str], seed: int, as_of: date, name: str) -> tuple[dict, pd.Series, object]:
+    """One ``run_training`` without Ray; the churn of the bundle read back through the registry."""
+    from bundle import registry
+    from training.config import load_run_config
+    from training.pipeline import run_training
+
+    cfg = load_run_config(cfg_path, ["ray.enabled=false", f"model.seed={seed}", *sets])[0]
+    say(f"GNN ({name}): training {cfg_path.name} seed {seed} at {as_of} (no Ray)")
+    t = time.perf_counter()
+    report = run_training(home, cfg, as_of, log=lambda m: say("  " + m), promote=False)
+    wall = time.perf_counter() - t
+    bundle, v = registry.load_registered(home, report.registered.version)
+    if bundle.churn is None:
+        sys.exit("the bundle carries no churn probabilities (no churn head)")
+    ev = (report.evaluation or {}).get("churn", {})
+    info = {"model": name, "seed": seed, "as_of": str(as_of), "registered_version": v,
+            "best_epoch": report.result.best_epoch, "epochs_run": len(report.result.history),
+            "prepare_s": round(report.seconds["prepare"], 1), "train_s": round(report.seconds["train"], 1),
+            "evaluate_s": round(report.seconds["evaluate"], 1), "run_training_wall_s": round(wall, 1),
+            "pipeline_churn_eval": {k: ev.get(k) for k in ("roc_auc", "pr_auc", "base_rate", "ece")} if ev else None}
+    say(f"  -> version {v}, {wall:.0f} s; pipeline's churn ROC AUC {ev.get('roc_auc')}")
+    return info, pd.Series(np.asarray(bundle.churn, dtype="float64"), index=list(bundle.customer_ids)), bundle.encoder
+
+
+def compare(test: pd.DataFrame, train: pd.DataFrame, gnn: dict[str, pd.Series], gnn_runs: list[dict], encoder,
+            n_boot: int) -> dict:
+    """Baselines trained on ``train``; every model scored on ``test`` (columns y, held_at_as_of, held_before)."""
+    ref = next(iter(gnn))
+    ids = gnn[ref].index
+    if sorted(ids) != sorted(test["customer_id"]):
+        sys.exit("the GNN's customers and the evaluation frame's differ")
+    test = test.set_index("customer_id").loc[list(ids)].reset_index()
+    scores = {k: s.loc[list(ids)].to_numpy() for k, s in gnn.items()}
+    numeric, categorical = list(encoder.numeric), list(encoder.categorical)
+
+    holders = test["held_at_as_of"].astype(bool).to_numpy()
+    held_before = test["held_before"].astype(bool).to_numpy()
+    y_all = test["y"].astype(bool).to_numpy()
+    np_col = pd.to_numeric(test["n_products"], errors="coerce").fillna(0).to_numpy() > 0
+    out: dict = {"population": {
+        "eval_clients": int(len(test)), "holders": int(holders.sum()),
+        "excluded": int((~holders).sum()), "excluded_left_before": int((~holders & held_before).sum()),
+        "excluded_never_held": int((~holders & ~held_before).sum()), "churners": int(y_all.sum()),
+        "churners_outside_holders": int((y_all & ~holders).sum()),
+        "n_products_disagrees_with_holdings": int((np_col != holders).sum()),
+        "train_clients": int(len(train)), "train_churners": int(train["y"].sum()),
+        "train_holders": int(train["held_at_as_of"].sum()),
+        "train_excluded_left": int((~train["held_at_as_of"] & train["held_before"]).sum()),
+    }}
+    pop = out["population"]
+    say(f"evaluation: {pop['eval_clients']:,} clients, {pop['holders']:,} holders, {pop['excluded']:,} excluded "
+        f"({pop['excluded_left_before']:,} left before, {pop['excluded_never_held']:,} never held), "
+        f"{pop['churners']} churners ({pop['churners_outside_holders']} outside the holders); training rows: "
+        f"{pop['train_clients']:,} ({pop['train_churners']} churners)")
+
+    base = fit_baselines(train, test, numeric, categorical)
+    train_h = train[train["held_at_as_of"].astype(bool)].reset_index(drop=True)
+    base.update(fit_baselines(train_h, test, numeric, categorical, suffix="_holders"))
+    for k, v in base.items():
+        scores[k] = v["score"]
+        say(f"  {k}: trained in {v['train_seconds']} s on {v['train_rows']:,} rows")
+
+    models = {}
+    for k, s in scores.items():
+        run = next((r for r in gnn_runs if r["model"] == k), None)
+        models[k] = {
+            "train_seconds": run["train_s"] if run else base[k]["train_seconds"],
+            "train_rows": pop["train_clients"] if run else base[k]["train_rows"],
+            "holders": metrics(y_all[holders], s[holders]),
+            "all": metrics(y_all, s) if 0 < y_all.sum() < len(y_all) else None,
+            "mean_predicted_excluded": round(float(s[~holders].mean()), 5) if (~holders).any() else None,
+        }
+        if not run:
+            models[k]["n_iter"] = base[k]["n_iter"]
+    out["models"] = models
+    t = time.perf_counter()
+    out["bootstrap_holders"] = bootstrap(y_all[holders], {k: s[holders] for k, s in scores.items()}, ref, n_boot)
+    out["bootstrap_seconds"] = round(time.perf_counter() - t, 1)
+
+    say("\nmodel               train s   ROC AUC holders (all)   PR AUC holders (all)   Brier     mean p   ECE10w  ECE10q")
+    for k, m in models.items():
+        h, a = m["holders"], m["all"] or {"roc_auc": float("nan"), "pr_auc": float("nan")}
+        say(f"{k:20s} {m['train_seconds']:7.1f}   {h['roc_auc']:.4f} ({a['roc_auc']:.4f})       "
+            f"{h['pr_auc']:.4f} ({a['pr_auc']:.4f})        {h['brier']:.5f}  {h['mean_predicted']:.4f}  "
+            f"{h['ece_10_equal_width']:.4f}  {h['ece_10_equal_count']:.4f}")
+    say(f"(base rate among holders {models[ref]['holders']['base_rate']:.4f})\n")
+    return out
+
+
+def leak_columns(numeric: list[str]) -> dict[str, list[str]]:
+    """Column groups for the ablations: point-in-time balances (a holding closed later reads ~0 before it
+    closes: its stored balance is 0 and no closing movement is subtracted) and columns whose range depends
+    on how far back a client's visible history goes (the generator anchors a past churner's history at its
+    own last day)."""
+    balances = [c for c in numeric if c.startswith(("balance_", "total_assets", "total_liabilities"))]
+    history = [c for c in numeric if c.startswith(("days_since", "declines_90d"))
+               or c in ("risk_assessment_age_days", "complaints_365d", "actions_30d")]
+    return {"balances": balances, "history_length": history}
+
+
+def ablations(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], categorical: list[str]) -> dict:
+    """The baselines refitted without the balance columns, and without those and the history-length ones."""
+    groups = leak_columns(numeric)
+    holders = test["held_at_as_of"].astype(bool).to_numpy()
+    y = test["y"].astype(bool).to_numpy()[holders]
+    out = {"columns": groups}
+    for name, drop in (("without_balances", groups["balances"]),
+                       ("without_balances_and_history_length", groups["balances"] + groups["history_length"])):
+        fits = fit_baselines(train, test, [c for c in numeric if c not in drop], categorical)
+        out[name] = {k: {m: val for m, val in metrics(y, v["score"][holders]).items() if m in ("roc_auc", "pr_auc")}
+                     for k, v in fits.items()}
+        say(f"  ablation {name}: " + ", ".join(f"{k} {m['roc_auc']:.4f}" for k, m in out[name].items()))
+    return out
+
+
+def truth_cv(df: pd.DataFrame, numeric: list[str], categorical: list[str], folds: int = 5) -> dict:
+    """A reference, not a deployable model: the baselines fitted on the truth labels themselves, out-of-fold
+    (client-level stratified ``folds``-fold cross-validation over the holders at the data end). How much of
+    the future churn the features at the data end can say."""
+    from sklearn.model_selection import StratifiedKFold
+
+    df = df[df["held_at_as_of"].astype(bool)].reset_index(drop=True)
+    y = df["y"].astype(bool).to_numpy()
+    oof: dict[str, np.ndarray] = {}
+    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=0).split(df, y):
+        for k, v in fit_baselines(df.iloc[tr].reset_index(drop=True), df.iloc[te].reset_index(drop=True),
+                                  numeric, categorical).items():
+            oof.setdefault(k, np.zeros(len(df)))[te] = v["score"]
+    out = {"folds": folds, "clients": int(len(df)), "churners": int(y.sum()),
+           "models": {k: {m: metrics(y, p)[m] for m in ("roc_auc", "pr_auc", "brier", "ece_10_equal_count")}
+                      for k, p in oof.items()}}
+    say("  truth, cross-validated on the truth labels (reference): "
+        + ", ".join(f"{k} {m['roc_auc']:.4f}" for k, m in out["models"].items()))
+    return out
+
+
+def truth_frame(home, version, day: date) -> pd.DataFrame | None:
+    """Features at ``day`` (the data end) with the synthetic bank's own future churn (``_truth``)."""
+    import pyarrow.parquet as pq
+
+    from feature_store.materialize import features_at
+
+    path = home.synthetic / "_truth" / "future_churn"
+    if not path.exists():
+        return None
+    truth = pq.read_table(path).to_pandas()[["customer_id", "churned"]]
+    df = features_at(home, day, version).merge(held_status(version, day), on="customer_id", how="left",
+                                              validate="one_to_one")
+    df = df.merge(truth, on="customer_id", how="left", validate="one_to_one")
+    df["y"] = df["churned"].fillna(False).astype(bool)  # not in the truth: left before the data end
+    return df.sort_values("customer_id").reset_index(drop=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", type=Path, required=True, help="built on the first run when empty, reused after")
@@ -300,23 +466,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7, help="the synthetic bank's seed (first run only)")
     ap.add_argument("--config", type=Path, default=REPO / "configs/train.yaml")
     ap.add_argument("--set", action="append", default=[], help="training config override section.key=value")
-    ap.add_argument("--gnn-seeds", default="0", help="comma-separated model.seed values: one GNN run each")
+    ap.add_argument("--gnn-seeds", default="0", help="comma-separated model.seed values: one backtest GNN run each")
     ap.add_argument("--as-of", default=None, help="backtest date (default: data end - horizon)")
+    ap.add_argument("--no-truth", action="store_true", help="skip the production-model check on the bank's truth")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     os.environ["NBA_HOME"] = str(args.home)
+    t0 = time.perf_counter()
 
     res: dict = {"command": " ".join(["python", *sys.argv]), "machine": machine(), "date": date.today().isoformat(),
                  "commit": commit(), "home": str(args.home)}
     res["bank"] = build_home(args.home, args.customers, args.seed)
 
-    from bundle import registry
     from feature_store.materialize import default_as_of
     from feature_store.store import TableStore
     from nba.home import Home
     from training.config import load_run_config
-    from training.pipeline import run_training
 
     home = Home.resolve(args.home).ensure()
     version = TableStore(home.store).require_current()
@@ -327,111 +493,53 @@ def main() -> None:
     end = default_as_of(version)
     as_of = date.fromisoformat(args.as_of) if args.as_of else end - timedelta(days=horizon)
     past = as_of - timedelta(days=horizon)
-    res.update({"data_end": str(end), "as_of": str(as_of), "horizon_days": horizon,
-                "split": (f"temporal, as the GNN's churn head: trained on features at {past} with the churn of "
-                          f"[{past}, {as_of}), evaluated on features at {as_of} with the churn of "
-                          f"[{as_of}, {as_of + timedelta(days=horizon)})"),
+    res.update({"data_end": str(end), "horizon_days": horizon,
                 "gnn_config": str(cfg_path.relative_to(REPO) if cfg_path.is_relative_to(REPO) else cfg_path),
                 "gnn_overrides": ["ray.enabled=false", *args.set]})
 
-    # 1. GNN runs -------------------------------------------------------------------------------
-    gnn_runs, scores = [], {}
-    ids = None
-    encoder = None
-    for seed in [int(s) for s in args.gnn_seeds.split(",") if s.strip()]:
-        cfg = load_run_config(args.config, ["ray.enabled=false", f"model.seed={seed}", *args.set])[0]
-        say(f"GNN: training {cfg_path.name} seed {seed} at {as_of} (no Ray)")
-        t = time.perf_counter()
-        report = run_training(home, cfg, as_of, log=lambda m: say("  " + m), promote=False)
-        wall = time.perf_counter() - t
-        bundle, v = registry.load_registered(home, report.registered.version)
-        if bundle.churn is None:
-            sys.exit("the bundle carries no churn probabilities (no churn head)")
-        if ids is None:
-            ids, encoder = list(bundle.customer_ids), bundle.encoder
-        elif list(bundle.customer_ids) != ids:
-            sys.exit("GNN runs disagree on the customers")
-        name = "gnn" if not gnn_runs else f"gnn_seed{seed}"
-        scores[name] = np.asarray(bundle.churn, dtype="float64")
-        ev = (report.evaluation or {}).get("churn", {})
-        gnn_runs.append({"model": name, "seed": seed, "registered_version": v, "best_epoch": report.result.best_epoch,
-                         "epochs_run": len(report.result.history),
-                         "prepare_s": round(report.seconds["prepare"], 1), "train_s": round(report.seconds["train"], 1),
-                         "evaluate_s": round(report.seconds["evaluate"], 1), "run_training_wall_s": round(wall, 1),
-                         "pipeline_churn_eval": {k: ev.get(k) for k in ("roc_auc", "pr_auc", "base_rate", "ece")}})
-        say(f"  -> version {v}, {wall:.0f} s; pipeline's churn ROC AUC {ev.get('roc_auc')}")
+    # 1. The backtest: as the pipeline evaluates the churn head (store labels of the horizon after as_of).
+    gnn_runs, gnn, encoder = [], {}, None
+    for i, seed in enumerate(int(s) for s in args.gnn_seeds.split(",") if s.strip()):
+        name = "gnn" if i == 0 else f"gnn_seed{seed}"
+        info, churn, enc = run_gnn(home, cfg_path, args.set, seed, as_of, name)
+        gnn_runs.append(info)
+        gnn[name] = churn
+        encoder = encoder or enc
     if not gnn_runs:
         sys.exit("--gnn-seeds names no run")
-    res["gnn_runs"] = gnn_runs
-
-    # 2. Frames ---------------------------------------------------------------------------------
     t = time.perf_counter()
     test = labelled(home, version, as_of, horizon)
     train = labelled(home, version, past, horizon)
-    res["frames_seconds"] = round(time.perf_counter() - t, 1)
-    if test["customer_id"].tolist() != sorted(ids) or ids != sorted(ids):
-        # The bundle's rows are the graph's customers (sorted ids); align by id either way.
-        test = test.set_index("customer_id").loc[ids].reset_index()
-    assert test["customer_id"].tolist() == ids
+    frames_s = round(time.perf_counter() - t, 1)
+    res["backtest"] = {
+        "as_of": str(as_of),
+        "split": (f"temporal, as the GNN's churn head: trained on features at {past} with the churn of "
+                  f"[{past}, {as_of}), evaluated on features at {as_of} with the churn of "
+                  f"[{as_of}, {as_of + timedelta(days=horizon)}) (labels: feature_store.offline.label_frame)"),
+        "gnn_runs": gnn_runs, "frames_seconds": frames_s,
+        "inputs": {"numeric": len(encoder.numeric), "categorical": list(encoder.categorical),
+                   "note": "the columns of the bundle's fitted encoder (the churn head's inputs)"},
+        **compare(test, train, gnn, gnn_runs, encoder, args.bootstrap),
+        "ablation": ablations(train, test, list(encoder.numeric), list(encoder.categorical))}
 
-    numeric, categorical = list(encoder.numeric), list(encoder.categorical)
-    res["inputs"] = {"numeric": len(numeric), "categorical": categorical,
-                     "note": "the columns of the bundle's fitted encoder (the churn head's inputs)"}
+    # 2. The production model (trained at the data end) against the synthetic bank's truth of the next 90 days.
+    if not args.no_truth:
+        tf = truth_frame(home, version, end)
+        if tf is None:
+            res["truth"] = "skipped: no synthetic/_truth/future_churn in this home"
+        else:
+            info, churn, enc = run_gnn(home, cfg_path, args.set, int(args.gnn_seeds.split(",")[0]), end, "gnn")
+            train_t = labelled(home, version, end - timedelta(days=horizon), horizon)
+            res["truth"] = {
+                "as_of": str(end),
+                "split": (f"temporal: trained on features at {end - timedelta(days=horizon)} with the churn of "
+                          f"[{end - timedelta(days=horizon)}, {end}) from the store; evaluated on features at {end} "
+                          f"with the generator's own churn of the 90 days after ({args.home}/synthetic/_truth)"),
+                "gnn_runs": [info], **compare(tf, train_t, {"gnn": churn}, [info], enc, args.bootstrap),
+                "cross_validated_on_truth": truth_cv(tf, list(enc.numeric), list(enc.categorical))}
 
-    # Consistency of the two definitions of "holds a product at as_of".
-    np_col = pd.to_numeric(test["n_products"], errors="coerce").fillna(0).to_numpy() > 0
-    holders = test["held_at_as_of"].astype(bool).to_numpy()
-    y_all = test["y"].to_numpy()
-    left = ~holders & test["held_before"].astype(bool).to_numpy()
-    never = ~holders & ~test["held_before"].astype(bool).to_numpy()
-    res["population"] = {
-        "eval_clients": int(len(test)), "holders": int(holders.sum()),
-        "excluded": int((~holders).sum()), "excluded_left_before_as_of": int(left.sum()),
-        "excluded_never_held": int(never.sum()), "churners": int(y_all.sum()),
-        "churners_outside_holders": int((y_all & ~holders).sum()),
-        "n_products_disagrees_with_holdings": int((np_col != holders).sum()),
-        "train_clients": int(len(train)), "train_churners": int(train["y"].sum()),
-        "train_holders": int(train["held_at_as_of"].sum()),
-        "train_excluded_left": int((~train["held_at_as_of"] & train["held_before"]).sum()),
-    }
-    say(f"evaluation at {as_of}: {len(test):,} clients, {holders.sum():,} holders, {(~holders).sum():,} excluded "
-        f"({left.sum():,} left before as_of, {never.sum():,} never held), {y_all.sum()} churners; "
-        f"training rows at {past}: {len(train):,} ({train['y'].sum()} churners)")
-
-    # 3. Baselines ------------------------------------------------------------------------------
-    base = fit_baselines(train, test, numeric, categorical)
-    train_h = train[train["held_at_as_of"].astype(bool)].reset_index(drop=True)
-    base.update(fit_baselines(train_h, test, numeric, categorical, suffix="_holders"))
-    for k, v in base.items():
-        scores[k] = v["score"]
-        say(f"  {k}: trained in {v['train_seconds']} s on {v['train_rows']:,} rows")
-
-    # 4. Metrics --------------------------------------------------------------------------------
-    models = {}
-    for k, s in scores.items():
-        gnn = next((r for r in gnn_runs if r["model"] == k), None)
-        models[k] = {
-            "train_seconds": (gnn["train_s"] if gnn else base[k]["train_seconds"]),
-            "train_rows": (res["population"]["train_clients"] if gnn else base[k]["train_rows"]),
-            "holders": metrics(y_all[holders], s[holders]),
-            "all": metrics(y_all, s),
-            "mean_predicted_excluded": round(float(s[~holders].mean()), 5) if (~holders).any() else None,
-        }
-        if not gnn:
-            models[k]["n_iter"] = base[k]["n_iter"]
-    res["models"] = models
-    t = time.perf_counter()
-    res["bootstrap_holders"] = bootstrap(y_all[holders], {k: s[holders] for k, s in scores.items()}, "gnn",
-                                         args.bootstrap)
-    res["bootstrap_seconds"] = round(time.perf_counter() - t, 1)
+    res["total_seconds"] = round(time.perf_counter() - t0, 1)
     res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-    say("\nmodel               train s   ROC AUC holders (all)   PR AUC holders (all)   Brier      ECE10w   ECE10q")
-    for k, m in models.items():
-        h, a = m["holders"], m["all"]
-        say(f"{k:20s} {m['train_seconds']:7.1f}   {h['roc_auc']:.4f} ({a['roc_auc']:.4f})       "
-            f"{h['pr_auc']:.4f} ({a['pr_auc']:.4f})        {h['brier']:.5f}  {h['ece_10_equal_width']:.4f}   "
-            f"{h['ece_10_equal_count']:.4f}")
     text = json.dumps(res, indent=1, default=str)
     print(text)
     if args.out:
