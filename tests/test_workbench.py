@@ -369,3 +369,18 @@ def test_a_list_made_ahead_for_a_later_day_is_not_todays(client, keys, book, wor
         assert "Outcome recorded" not in client.get("/?recorded=Nbogus").text
     finally:
         shutil.rmtree(folder)
+
+
+def test_an_rm_key_names_an_rm_of_the_store(workbench_home, book, monkeypatch):
+    """A typo in `nba keys create --rm` would make a key that sees no client: refused, unless --any-rm."""
+    from typer.testing import CliRunner
+
+    from apps.api.keys_cli import keys_app
+    monkeypatch.setenv("NBA_HOME", str(workbench_home.root))
+    monkeypatch.delenv("NBA_LEDGER_URL", raising=False)
+    runner = CliRunner()
+    bad = runner.invoke(keys_app, ["create", "--scope", "rm", "--rm", "RM-TYPO"])
+    assert bad.exit_code == 2 and "unknown RM 'RM-TYPO'" in bad.stderr and not bad.stdout.strip()
+    assert runner.invoke(keys_app, ["create", "--scope", "rm", "--rm", "RM-TYPO", "--any-rm"]).exit_code == 0
+    ok = runner.invoke(keys_app, ["create", "--scope", "rm", "--rm", book[0]])
+    assert ok.exit_code == 0 and ok.stdout.startswith("nba_")

@@ -37,11 +37,21 @@ LedgerUrl = Annotated[str | None, typer.Option(
 
 
 def create_key(home: Home, scope: str, rm_id: str | None = None, label: str | None = None,
-               url: str | None = None) -> tuple[Principal, str]:
+               url: str | None = None, *, check_rm: bool = True) -> tuple[Principal, str]:
     """A new key in ``home``'s serving database (or ``url``'s): its Principal and its plaintext, which is
-    returned this once and stored only hashed."""
-    from apps.api.security import KeyStore
+    returned this once and stored only hashed. With ``check_rm`` (the default), an ``rm`` key's RM must be
+    in the live store's ``relationship_managers`` when the home has a store (a typo would make a key that
+    sees no client); raises ``APIKeyError`` naming it."""
+    from apps.api.security import RM, APIKeyError, KeyStore
 
+    if check_rm and scope == RM and rm_id:
+        from feature_store.store import TableStore
+        version = TableStore(home.store).current() if home.store.exists() else None
+        if version is not None and "relationship_managers" in version.tables:
+            known = set(version.read("relationship_managers", ["rm_id"]).column("rm_id").to_pylist())
+            if rm_id not in known:
+                raise APIKeyError(f"unknown RM {rm_id!r}: not in the store's relationship_managers "
+                                  f"({len(known)} RMs; --any-rm to create the key anyway)")
     return KeyStore.open(home, url, cache_ttl=0).create(scope, rm_id=rm_id, label=label)
 
 
@@ -87,11 +97,13 @@ def create_cmd(
     rm: Annotated[str | None, typer.Option("--rm", help="The RM's id, for scope rm.", show_default=False)] = None,
     label: Annotated[str | None, typer.Option(
         "--label", help="A note on who holds the key (e.g. 'crm-campaigns prod').", show_default=False)] = None,
+    any_rm: Annotated[bool, typer.Option("--any-rm", help="Do not check that the RM is in the store (an RM "
+                                                           "whose clients arrive later).")] = False,
     ledger_url: LedgerUrl = None,
 ) -> None:
     """Create a key. The key is printed once, alone on stdout (KEY=$(nba keys create ...)); only its hash is kept."""
     try:
-        principal, plaintext = create_key(_home(ctx), scope, rm, label, ledger_url)
+        principal, plaintext = create_key(_home(ctx), scope, rm, label, ledger_url, check_rm=not any_rm)
     except NBAError as e:
         raise _fail(e) from None
     err.print(f"created {principal}" + (f", label {principal.label!r}" if principal.label else ""),
