@@ -354,11 +354,13 @@ class DecisionService:
         from .retrieval import Retriever
         state = state or self.state
         snap = state.snapshot
-        seeds = list(dict.fromkeys(seeds))
-        if rm_id is not None:
-            seeds, _ = self.features(seeds, state, rm_id)
+        given = list(dict.fromkeys(seeds))
+        seeds = given
+        if rm_id is not None:  # seeds outside the RM's book count as unknown, exactly as unknown ones
+            seeds, _ = self.features(given, state, rm_id)
+        outside = set(given) - set(seeds)
         if not seeds:
-            return state, {"audience": [], "unknown_seeds": [], "seeds_used": 0}
+            return state, {"audience": [], "unknown_seeds": [s for s in given if s in outside], "seeds_used": 0}
         retr = Retriever.of(snap)  # the state's snapshot, without resolving the alias again
         if channel is not None and channel not in CHANNELS:
             raise ServingError(f"unknown channel {channel!r} (one of {', '.join(CHANNELS)})")
@@ -397,7 +399,8 @@ class DecisionService:
         aud["rank"] = np.arange(1, len(aud) + 1)
         return state, {"audience": [{"rank": int(r.rank), "customer_id": r.customer_id,
                                      "similarity": round(float(r.similarity), 6)} for r in aud.itertuples()],
-                       "unknown_seeds": res.unknown_seeds, "seeds_used": res.seeds_used}
+                       "unknown_seeds": [s for s in given if s in outside or s in set(res.unknown_seeds)],
+                       "seeds_used": res.seeds_used}
 
     def close(self) -> None:
         self.online.close()

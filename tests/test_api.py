@@ -116,6 +116,13 @@ def test_rm_sees_only_its_book_everywhere(client, keys):
     lk = client.post("/v1/audiences/lookalike", json={"seed_customer_ids": keys["own"][:5], "size": 20},
                      headers=H(rm)).json()
     assert lk["audience"] and set(m["customer_id"] for m in lk["audience"]) <= set(keys["own"])
+    # Seeds outside the book are reported as unknown seeds, exactly like seeds that do not exist.
+    mixed = client.post("/v1/audiences/lookalike", headers=H(rm),
+                        json={"seed_customer_ids": [keys["own"][0], other, "NO-SUCH-CLIENT"], "size": 5}).json()
+    assert mixed["unknown_seeds"] == [other, "NO-SUCH-CLIENT"] and mixed["seeds_used"] == 1
+    only = client.post("/v1/audiences/lookalike", headers=H(rm), json={"seed_customer_ids": [other], "size": 5})
+    assert only.json() == {"audience": [], "unknown_seeds": [other], "seeds_used": 0} | {
+        k: v for k, v in only.json().items() if k not in ("audience", "unknown_seeds", "seeds_used")}
     # An outcome for a decision about another RM's client: exactly an unknown decision.
     d = nba(client, keys["campaign"], other).json()["decision_id"]
     if d:
