@@ -40,10 +40,9 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import random
-import resource
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -57,6 +56,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from provenance import commit, machine  # noqa: E402
 
 NBA = str(Path(sys.executable).with_name("nba"))
 MARKER = "bench-api-home.json"
@@ -288,26 +289,6 @@ def vm(pid: int) -> dict:
         if k in ("VmRSS", "VmHWM"):
             f[k] = round(int(v.split()[0]) / 1024, 1)  # kB -> MiB
     return {"rss_mib": f.get("VmRSS"), "peak_rss_mib": f.get("VmHWM")}
-
-
-def commit() -> str:
-    """The checkout measured: the short commit, and the tracked files that differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True,
-                                 text=True).stdout.split()
-        return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> str:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), 0)
-    return f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -73,6 +72,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from provenance import commit, machine  # noqa: E402
 
 NBA = str(Path(sys.executable).with_name("nba"))
 MARKER = "bench-churn-home.json"
@@ -80,26 +80,6 @@ MARKER = "bench-churn-home.json"
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def commit() -> str:
-    """The checkout measured: the short commit, and the tracked files that differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True,
-                                 text=True).stdout.split()
-        return head + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine() -> str:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    mem = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), 0)
-    return f"{os.cpu_count()} cores ({model}), {mem / 2**20:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def build_home(home_dir: Path, customers: int, seed: int) -> dict:
@@ -245,7 +225,12 @@ def fit_baselines(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], c
 
 def metrics(y: np.ndarray, p: np.ndarray) -> dict:
     from sklearn.calibration import calibration_curve
-    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+    from sklearn.metrics import (
+        average_precision_score,
+        brier_score_loss,
+        log_loss,
+        roc_auc_score,
+    )
 
     from nba.metrics import calibration
 

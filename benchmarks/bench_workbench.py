@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -29,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from provenance import commit, machine  # noqa: E402
 
 
 def _ms(xs: list[float]) -> dict:
@@ -129,13 +128,7 @@ def main() -> None:
                     **{f"chart_{k}_svg": _ms(v) for k, v in svgs.items()},
                     "filtered_list": _ms(filtered), "outcome_post_and_list": _ms(posts)})
     server.should_exit = True
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    res["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    res["commit"] = commit
+    res["machine"], res["commit"] = machine(), commit()
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
