@@ -47,6 +47,13 @@ def _dates(ax) -> None:
         offset_formats=["", "%Y", "%Y-%m", "%Y-%m-%d", "%Y-%m-%d", "%Y-%m-%d %H:%M"], show_offset=False))
 
 
+def _empty(fig: Figure, ax, text: str) -> bytes:
+    """A chart with no data: the ``text`` alone, no axes."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", color=MUTED, transform=ax.transAxes)
+    ax.set_axis_off()
+    return _svg(fig)
+
+
 def _one_date(ax, x) -> None:
     if len(set(x)) == 1:  # one date: a month either side, not matplotlib's years
         ax.set_xlim(x[0] - timedelta(days=30), x[0] + timedelta(days=30))
@@ -76,9 +83,7 @@ def balance_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
     fig = _figure()
     ax = fig.add_subplot()
     if not points:
-        ax.text(0.5, 0.5, labels["empty"], ha="center", va="center", color=MUTED, transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, labels["empty"])
     x = [p["date"] for p in points]
     ax.plot(x, [p["assets"] for p in points], color=ASSETS, linewidth=2, marker="o", markersize=3,
             label=labels["assets"])
@@ -103,9 +108,7 @@ def state_svg(points: Sequence[dict], labels: dict[str, str]) -> bytes:
     fig = _figure()
     ax = fig.add_subplot()
     if not points:
-        ax.text(0.5, 0.5, labels["empty"], ha="center", va="center", color=MUTED, transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, labels["empty"])
     x = [p["date"] for p in points]
     h = [p["health_score"] for p in points]
     ax.plot(x, h, color=HEALTH, linewidth=2, marker="o", markersize=4, label=labels["health"])
@@ -137,9 +140,7 @@ def contacts_svg(per_channel: dict[str, dict[str, int]], channel_names: dict[str
     ax = fig.add_subplot()
     chans = list(per_channel)
     if not chans or not any(sum(v.values()) for v in per_channel.values()):
-        ax.text(0.5, 0.5, labels["empty"], ha="center", va="center", color=MUTED, transform=ax.transAxes)
-        ax.set_axis_off()
-        return _svg(fig)
+        return _empty(fig, ax, labels["empty"])
     names = [channel_names.get(c, c) for c in chans]
     inbound = [per_channel[c].get("inbound", 0) for c in chans]
     outbound = [per_channel[c].get("outbound", 0) for c in chans]

@@ -177,6 +177,18 @@ def _row_dict(r: pd.Series) -> dict:
     return d
 
 
+def _with_status(rows: pd.DataFrame, ledger) -> list[dict]:
+    """A day's listed rows (in their order) as dicts, each with its ``status`` and deciding outcome
+    ``last`` from the ledger (:func:`_status`), read in one query."""
+    got = ledger.outcomes_of(rows["decision_id"].tolist())
+    out = []
+    for _, r in rows.iterrows():
+        d = _row_dict(r)
+        d["status"], d["last"] = _status(got.get(d["decision_id"], []))
+        out.append(d)
+    return out
+
+
 _PERCENT = ("p", "share", "save_rate")
 _VALUES = {"segment": "segment", "stage": "lifecycle", "mood": "emotion", "severity": "severity",
            "band": "age_band"}
@@ -381,10 +393,7 @@ def install(app: FastAPI, home: Home) -> None:
             g = w.book(chosen, rm_id)
             if len(g):
                 g = g.sort_values(["in_person", "priority"], ascending=[False, False])
-                got = server.ledger.outcomes_of(g["decision_id"].tolist())
-                for _, r in g.iterrows():
-                    d = _row_dict(r)
-                    d["status"], d["last"] = _status(got.get(d["decision_id"], []))
+                for d in _with_status(g, server.ledger):
                     counts["all"] += 1
                     counts[d["status"]] += 1
                     if family in ACTION_FAMILIES and d["action_family"] != family:
@@ -452,12 +461,8 @@ def install(app: FastAPI, home: Home) -> None:
         if list_day is not None:
             g = w.book(list_day, session.principal.rm_id)
             if len(g):
-                mine = g[g["customer_id"] == customer_id]
-                got = server.ledger.outcomes_of(mine["decision_id"].tolist())
-                for _, r in mine.sort_values("priority", ascending=False).iterrows():
-                    d = _row_dict(r)
-                    d["status"], d["last"] = _status(got.get(d["decision_id"], []))
-                    today_rows.append(d)
+                mine = g[g["customer_id"] == customer_id].sort_values("priority", ascending=False)
+                today_rows = _with_status(mine, server.ledger)
         today_ids = {r["decision_id"] for r in today_rows}
         # Past actions: the ledger's (every source, with notes), then the store's history of the others (the
         # bank's own outcomes from before the engine, and any the ledger does not hold).
