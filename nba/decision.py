@@ -687,7 +687,7 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
         "health_score": _f(f, "health_score"),
         "complaint_state": f["complaint_state"].astype(str).to_numpy(),
         "emotional_state": f["emotional_state"].astype(str).to_numpy(),
-        "talking_point_data": data,
+        "talking_point_data": [json.dumps(d, separators=(",", ":"), ensure_ascii=False) for d in data],
     })
     return out.sort_values(["rm_id", "control_group", "priority"], ascending=[True, True, False],
                            kind="stable", ignore_index=True)
@@ -730,10 +730,10 @@ def _pct(x: float) -> str:
 
 def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
             cohort: pd.DataFrame, review: np.ndarray, day: date,
-            records: list[dict] | None = None) -> tuple[list[str], list[str], list[str]]:
+            records: list[dict] | None = None) -> tuple[list[str], list[str], list[list]]:
     """Reason codes ('|'-joined), 1-3 talking points in English (' || '-joined) and the same talking
-    points as data (a JSON list of ``[code, {field: value}]``, one per point; see
-    :data:`TALKING_POINT_CODES`) per decision on ``day``, from the evidence. The data lets a page say
+    points as data (a list of ``[code, {field: value}]``, one per point, stored as JSON in the daily
+    decisions; see :data:`TALKING_POINT_CODES`) per decision on ``day``, from the evidence. The data lets a page say
     them in another language: the code names the sentence and the fields are the numbers and names in
     it (probabilities 0-1, days, currency, the bank's product names)."""
     S = _static(catalog)
@@ -852,7 +852,7 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
                 stage=str(stage))
         reasons.append("|".join(codes))
         points.append(" || ".join(tp[:3]))
-        data.append(json.dumps(said[:3], separators=(",", ":"), ensure_ascii=False))
+        data.append(said[:3])
     return reasons, points, data
 
 
@@ -923,7 +923,7 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                     "propensity": round(float(d["P"][i, j]), 5), "value": round(float(d["V"][i, j]), 2),
                     "reasons": reasons[k].split("|") if reasons[k] else [],
                     "talking_points": points[k].split(" || ") if points[k] else [],
-                    "talking_point_data": json.loads(data[k]),
+                    "talking_point_data": data[k],
                     "decision_id": decision_id(day, ids[i], a.action_id)})
             trace["chosen"] = {"action_id": acts[0].action_id, "channel": row["actions"][0]["channel"],
                                "assignment": "realtime"}
