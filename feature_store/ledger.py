@@ -35,7 +35,9 @@ that was run, or re-run, later is seen as if it had been there; so are late-reco
 
 **Durability.** Every write returns after its commit, on an engine from :func:`feature_store.sql.engine`:
 SQLite in WAL mode with ``synchronous=FULL`` (each commit fsynced), PostgreSQL with
-``synchronous_commit=on``. An acknowledged outcome survives a killed process and a power cut. A recorded
+``synchronous_commit=on``. An acknowledged outcome survives a killed process and a power cut. The
+scoring API's decisions are committed without waiting for the disk (``record_decisions(durable=False)``):
+they survive a killed process, and a power cut cannot lose one that a durable outcome refers to. A recorded
 outcome reaches the training data through :meth:`Ledger.export_outcomes`, one store version per export.
 
 Timestamps are stored as naive UTC instants (the store's form); tz-aware inputs are converted, naive ones
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
@@ -69,7 +72,7 @@ from nba.schema import ACTION_FAMILIES, ACTION_OUTCOME_VALUES, CHANNELS
 
 from .outcomes import TABLE as OUTCOMES_TABLE
 from .outcomes import record_outcomes
-from .sql import default_url, redact
+from .sql import ThreadConnections, default_url, redact
 from .sql import engine as make_engine
 from .store import StoreVersion, TableStore
 
@@ -229,6 +232,9 @@ class Ledger:
         self.url = url
         self.time_zone = time_zone or load_bank_config().time_zone
         self.engine = make_engine(url)
+        self._lazy: ThreadConnections | None = None
+        self._reader = ThreadConnections(self.engine)  # the API's per-request history reads
+        self._lock = threading.Lock()
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         try:
             self._create()
@@ -244,8 +250,24 @@ class Ledger:
         """The ledger of ``home``: ``url``, else ``$NBA_LEDGER_URL``, else ``$NBA_HOME/ledger.sqlite``."""
         return cls(default_url(home, url), time_zone=time_zone)
 
+    def _lazy_writer(self) -> ThreadConnections:
+        """Per-thread connections for writes that need not wait for the disk: on SQLite from a second
+        engine whose connections run ``synchronous=NORMAL`` (per connection in WAL mode); on PostgreSQL
+        from the engine (the transaction turns ``synchronous_commit`` off)."""
+        if self._lazy is None:
+            with self._lock:
+                if self._lazy is None:
+                    eng = make_engine(self.url, durable=False) if self.engine.dialect.name == "sqlite" else self.engine
+                    self._lazy = ThreadConnections(eng)
+        return self._lazy
+
     def close(self) -> None:
         """Close the engine's pooled connections."""
+        self._reader.close()
+        if self._lazy is not None:
+            self._lazy.close()
+            if self._lazy.engine is not self.engine:
+                self._lazy.engine.dispose()
         self.engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -348,7 +370,7 @@ class Ledger:
         return out
 
     def record_decisions(self, rows: pd.DataFrame | Iterable[Mapping] | Mapping, *, source: str,
-                         decided_at: datetime | None = None) -> int:
+                         decided_at: datetime | None = None, durable: bool = True) -> int:
         """Record decisions; a ``decision_id`` already in the ledger is left as it is (the first record
         wins). Returns how many rows were new.
 
@@ -358,6 +380,10 @@ class Ledger:
         as a contact only once an outcome says it was delivered) or ``daily`` (a non-control row counts
         from the start; prefer :meth:`replace_daily`). ``decided_at``: when it was decided (default: now;
         for ``daily``, the start of each row's day). One statement in one transaction.
+        ``durable=False`` (the API's decisions): the commit does not wait for the disk (SQLite
+        ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``). The rows survive a killed process;
+        a power cut can lose the last ones, but never one that an acknowledged outcome refers to: the
+        outcome's durable commit flushes the log up to itself, earlier commits included.
         Raises ``LedgerError`` naming the bad field and row; nothing is recorded then.
         """
         recs = self._records(rows, source, decided_at)
@@ -366,7 +392,9 @@ class Ledger:
         stmt = (self._insert(decisions).on_conflict_do_nothing(index_elements=["decision_id"])
                 .returning(decisions.c.decision_id))
         n = 0
-        with self.engine.begin() as c:
+        with (self.engine.begin() if durable else self._lazy_writer().begin()) as c:
+            if not durable and self.engine.dialect.name == "postgresql":
+                c.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             for chunk in _chunks(recs, INSERT_CHUNK):
                 n += len(c.execute(stmt, list(chunk)).all())
         return n
@@ -569,11 +597,16 @@ class Ledger:
         if known_before is None and exclude_source_on_day is None and customer_ids is not None \
                 and len(customer_ids) <= CHUNK:
             # The API's path (a few clients, everything known up to now): one statement built once, its
-            # values bound (building the expression costs more than running it).
-            with self.engine.connect() as c:
-                rows = [tuple(r) for r in c.execute(_CLIENT_HISTORY, {
-                    "ids": list(dict.fromkeys(str(x) for x in customer_ids)),
-                    "start": day - timedelta(days=days), "end": day})]
+            # values bound (building the expression costs more than running it; one client's statement
+            # needs no expanding IN list).
+            ids = list(dict.fromkeys(str(x) for x in customer_ids))
+            bounds = {"start": day - timedelta(days=days), "end": day}
+            with self._reader.read() as c:
+                if len(ids) == 1:
+                    result = c.execute(_ONE_CLIENT_HISTORY, {"id": ids[0], **bounds})
+                else:
+                    result = c.execute(_CLIENT_HISTORY, {"ids": ids, **bounds})
+                rows = [tuple(r) for r in result]
             return _history_frame(rows, zone, decision_ids, as_rows)
         cutoff = day_start(known_before, zone) if known_before is not None else None
         on = o.c.decision_id == d.c.decision_id
@@ -655,6 +688,13 @@ _CLIENT_HISTORY = (
               outcomes.c.outcome_at)
     .select_from(decisions.outerjoin(outcomes, outcomes.c.decision_id == decisions.c.decision_id))
     .where(decisions.c.customer_id.in_(sa.bindparam("ids", expanding=True)),
+           decisions.c.day >= sa.bindparam("start"), decisions.c.day <= sa.bindparam("end")))
+
+
+_ONE_CLIENT_HISTORY = (
+    sa.select(*_CLIENT_HISTORY.selected_columns)
+    .select_from(decisions.outerjoin(outcomes, outcomes.c.decision_id == decisions.c.decision_id))
+    .where(decisions.c.customer_id == sa.bindparam("id"),
            decisions.c.day >= sa.bindparam("start"), decisions.c.day <= sa.bindparam("end")))
 
 

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from nba.atomic import publish_dir
 from nba.bank import load_bank_config
 from nba.config import load_yaml
+from nba.decision import documents
 from nba.errors import StoreError
 from nba.home import Home
 from nba.state import StateConfig
@@ -116,20 +117,6 @@ def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
     if _fresh(home, as_of, version, state):
         return read_features(home, as_of)
     return _as_stored(compute_features(version, as_of, state, time_zone()))
-
-
-def documents(df: pd.DataFrame, chunk: int = 50_000):
-    """Yield batches of ``(customer_id, JSON array of the row's values)`` for the online store."""
-    out = df.copy(deep=False)
-    out["as_of"] = out["as_of"].astype(str)
-    for c in out.columns:
-        if str(out[c].dtype) == "Int64":  # pd.NA -> None, so JSON gets null
-            out[c] = out[c].astype(object).where(out[c].notna(), None)
-    for start in range(0, len(out), chunk):  # per chunk: Python objects for 1M x 112 cells would not fit
-        part = out.iloc[start:start + chunk]
-        rows = part.to_numpy(dtype=object).tolist()
-        yield [(cid, orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY))
-               for cid, r in zip(part["customer_id"].tolist(), rows)]
 
 
 def _live_as_of(live: dict | None) -> date | None:

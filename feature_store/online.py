@@ -52,8 +52,16 @@ class OnlineStore(ABC):
         """``{"version", "published_at", "rows", "columns", ...}`` of the live snapshot, or None."""
 
     @abstractmethod
-    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
-        """Columns and raw documents of ``customer_ids``, both from the same (live) snapshot."""
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[str, list[str], list[bytes | None]]:
+        """Version, columns and raw documents of ``customer_ids``, all from the same (live) snapshot."""
+
+    def get_docs(self, customer_ids: Sequence[str]) -> tuple[str | None, list[str], list[bytes | None]]:
+        """The live snapshot's version and column names, and each customer's raw document (a JSON array
+        of values in the columns' order, as :func:`nba.decision.documents` wrote it; None: unknown),
+        all from one snapshot. The document's bytes are what :func:`nba.decision.feature_hashes` hashes."""
+        if not customer_ids:
+            return None, [], []
+        return self._fetch(customer_ids)
 
     def get(self, customer_id: str) -> dict | None:
         return self.get_many([customer_id])[0]
@@ -61,7 +69,7 @@ class OnlineStore(ABC):
     def get_many(self, customer_ids: Sequence[str]) -> list[dict | None]:
         if not customer_ids:
             return []
-        columns, raws = self._fetch(customer_ids)
+        _, columns, raws = self._fetch(customer_ids)
         return [None if r is None else dict(zip(columns, orjson.loads(r))) for r in raws]
 
     def get_rows(self, customer_ids: Sequence[str]) -> tuple[list[str], list[list | None]]:
@@ -69,7 +77,7 @@ class OnlineStore(ABC):
         cheaper than :meth:`get_many` for callers that build columns (no dict per customer)."""
         if not customer_ids:
             return [], []
-        columns, raws = self._fetch(customer_ids)
+        _, columns, raws = self._fetch(customer_ids)
         return columns, [None if r is None else orjson.loads(r) for r in raws]
 
     def close(self) -> None:  # noqa: B027 - optional for backends
@@ -99,7 +107,7 @@ class SQLiteOnlineStore(OnlineStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._columns: dict[str, list[str]] = {}
+        self._columns: dict[str, tuple[str, list[str]]] = {}  # snapshot table -> (version, columns)
         con = self._con()
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("CREATE TABLE IF NOT EXISTS live (id INTEGER PRIMARY KEY CHECK (id = 1), "
@@ -154,7 +162,7 @@ class SQLiteOnlineStore(OnlineStore):
         row = con.execute("SELECT tbl FROM live").fetchone()
         return None if row is None else row[0]
 
-    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[str, list[str], list[bytes | None]]:
         con = self._con()
         con.execute("BEGIN")  # one read transaction: pointer, columns and rows from the same snapshot
         try:
@@ -162,12 +170,14 @@ class SQLiteOnlineStore(OnlineStore):
             if live is None:
                 raise self._empty()
             tbl, meta = live
-            columns = self._columns.get(tbl)
-            if columns is None:
-                columns = self._columns[tbl] = json.loads(meta)["columns"]
+            known = self._columns.get(tbl)
+            if known is None:
+                m = json.loads(meta)
+                known = self._columns[tbl] = (str(m["version"]), m["columns"])
+            version, columns = known
             if len(customer_ids) == 1:
                 row = con.execute(f"SELECT doc FROM {tbl} WHERE customer_id = ?", (customer_ids[0],)).fetchone()
-                return columns, [None if row is None else row[0]]
+                return version, columns, [None if row is None else row[0]]
             found: dict[str, bytes] = {}
             ids = list(dict.fromkeys(customer_ids))
             for i in range(0, len(ids), 900):  # SQLite's bound-parameter limit
@@ -175,7 +185,7 @@ class SQLiteOnlineStore(OnlineStore):
                 marks = ",".join("?" * len(chunk))
                 found.update(con.execute(f"SELECT customer_id, doc FROM {tbl} WHERE customer_id IN ({marks})",
                                          chunk).fetchall())
-            return columns, [found.get(c) for c in customer_ids]
+            return version, columns, [found.get(c) for c in customer_ids]
         finally:
             con.execute("COMMIT")
 
@@ -199,6 +209,7 @@ class RedisOnlineStore(OnlineStore):
         self.r = redis.Redis.from_url(url, socket_timeout=10)
         self._cached_snap: bytes | None = None
         self._cached_columns: list[str] = []
+        self._cached_version = ""
         self._read = self.r.register_script(self._READ)
         try:
             self.r.ping()
@@ -250,7 +261,7 @@ class RedisOnlineStore(OnlineStore):
     return {snap, redis.call('HMGET', ARGV[1] .. snap, unpack(ARGV, 2))}
     """
 
-    def _fetch(self, customer_ids: Sequence[str]) -> tuple[list[str], list[bytes | None]]:
+    def _fetch(self, customer_ids: Sequence[str]) -> tuple[str, list[str], list[bytes | None]]:
         snap, docs = None, []
         for i in range(0, len(customer_ids), 1000):  # bounded script arguments
             res = self._read(keys=[f"{self.prefix}:live_snap"],
@@ -265,8 +276,8 @@ class RedisOnlineStore(OnlineStore):
             meta = self.live()
             if meta is None or meta["snapshot"].encode() != snap:  # switched just now: read again
                 return self._fetch(customer_ids)
-            self._cached_snap, self._cached_columns = snap, meta["columns"]
-        return self._cached_columns, docs
+            self._cached_snap, self._cached_columns, self._cached_version = snap, meta["columns"], str(meta["version"])
+        return self._cached_version, self._cached_columns, docs
 
     def close(self) -> None:
         self.r.close()

@@ -14,8 +14,10 @@ the OS's cache) but may lose the last commits in a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -77,3 +79,60 @@ def redact(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - not a URL at all: show only its scheme
         return url.split("://", 1)[0] + "://..."
+
+
+class ThreadConnections:
+    """One connection per thread, kept open, for statements run many times a second (the scoring API's
+    per-request reads and writes): checking a connection out of the pool and back costs about as much as
+    the statement itself. Each use ends its transaction (a read rolls back, so the next one sees every
+    commit since). A statement that fails drops the thread's connection (a dropped PostgreSQL
+    connection is replaced next time)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._local = threading.local()
+        self._open: list = []
+        self._lock = threading.Lock()
+
+    def _conn(self):
+        c = getattr(self._local, "c", None)
+        if c is None or c.closed:
+            c = self._local.c = self.engine.connect()
+            with self._lock:
+                self._open.append(c)
+        return c
+
+    def _drop(self, c) -> None:
+        self._local.c = None
+        with contextlib.suppress(Exception):
+            c.close()
+
+    @contextlib.contextmanager
+    def read(self):
+        """A connection for reads; its transaction is rolled back after."""
+        c = self._conn()
+        try:
+            yield c
+            c.rollback()
+        except BaseException:
+            self._drop(c)
+            raise
+
+    @contextlib.contextmanager
+    def begin(self):
+        """A connection in a transaction, committed at the end (rolled back on an error)."""
+        c = self._conn()
+        try:
+            with c.begin():
+                yield c
+        except BaseException:
+            self._drop(c)
+            raise
+
+    def close(self) -> None:
+        """Close every thread's connection (call when no thread uses them any more)."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()

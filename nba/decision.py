@@ -22,18 +22,19 @@ computation, in chunks:
    the clients with the largest gain ``in_person - max(digital, 0)`` get the in-person action, the
    others their digital one. This maximises the book's total priority under the capacity.
 
-The module depends on nothing but numpy and pandas: the model's outputs come in as arrays.
+The module depends on nothing but numpy, pandas and orjson: the model's outputs come in as arrays.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from nba.catalog import Catalog
@@ -172,59 +173,46 @@ def decision_id(day: date, customer_id: str, action_id: str) -> str:
     return "N" + hashlib.blake2b(f"{day}|{customer_id}|{action_id}".encode(), digest_size=8).hexdigest()
 
 
+def _json_default(v):
+    """Values orjson does not know: missing ones (pd.NA, NaT) as null, timestamps as ISO text."""
+    if v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (datetime, date, pd.Timestamp)):
+        return v.isoformat()
+    raise TypeError(f"cannot write {type(v).__name__} in a feature document")
+
+
+def documents(df: pd.DataFrame, chunk: int = 50_000):
+    """Yield batches of ``(customer_id, document)``: each row's values as a JSON array in the frame's
+    column order (UTF-8 bytes; missing values null). The online store keeps these documents, and
+    :func:`feature_hashes` hashes them, so the scoring API hashes the bytes it reads."""
+    out = df.copy(deep=False)
+    if "as_of" in out.columns:
+        out["as_of"] = out["as_of"].astype(str)
+    for c in out.columns:
+        if str(out[c].dtype) == "Int64":  # pd.NA -> None, so JSON gets null
+            out[c] = out[c].astype(object).where(out[c].notna(), None)
+    opts = orjson.OPT_SERIALIZE_NUMPY
+    for start in range(0, len(out), chunk):  # per chunk: Python objects for 1M x 112 cells would not fit
+        part = out.iloc[start:start + chunk]
+        rows = part.to_numpy(dtype=object).tolist()
+        yield [(cid, orjson.dumps(r, default=_json_default, option=opts))
+               for cid, r in zip(part["customer_id"].astype(str).tolist(), rows)]
+
+
+def document_hash(doc: bytes) -> str:
+    """A feature row's hash: BLAKE2b (6 bytes, hex) of its :func:`documents` bytes."""
+    return hashlib.blake2b(doc, digest_size=6).hexdigest()
+
+
 def feature_hashes(feats) -> np.ndarray:
-    """``[n]`` a short hash of each client's feature row (dtype-stable: values as text).
-
-    ``feats``: a DataFrame, or a mapping of column -> 1-D array whose numeric columns are float64 (NaN
-    for missing), bool columns bool and the others object; both give the same hash for the same values.
-    """
+    """``[n]`` a short hash of each client's feature row: :func:`document_hash` of its :func:`documents`
+    bytes, so the daily run, the scoring API (which hashes the online store's bytes) and a re-run from
+    the features of the date give the same hash for the same row. ``feats``: a DataFrame (a mapping of
+    column -> 1-D array is hashed as the DataFrame it makes, whose dtypes may differ from the store's)."""
     if not isinstance(feats, pd.DataFrame):
-        return _feature_hashes_arrays(feats)
-    cols = sorted(c for c in feats.columns if c != "state_evidence")
-    text = pd.Series("", index=feats.index, dtype="string")
-    for c in cols:
-        col = feats[c]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            col = pd.to_numeric(col).astype("float64").round(6)  # int and float spellings hash alike
-        text = text + "|" + col.astype("string").fillna("<NA>")
-    return np.array([hashlib.blake2b(t.encode(), digest_size=6).hexdigest() for t in text], dtype=object)
-
-
-def _text(a: np.ndarray) -> list[str]:
-    """Values as ``feature_hashes`` writes them: pandas' ``astype("string")`` of the rounded numbers."""
-    if a.dtype.kind in "fiu":
-        r = np.round(a.astype("float64"), 6)
-        return ["<NA>" if v != v else str(v) for v in r.tolist()]
-    return ["<NA>" if v is None or (isinstance(v, float) and v != v) else str(v) for v in a.tolist()]
-
-
-def _feature_hashes_arrays(feats: Mapping[str, np.ndarray]) -> np.ndarray:
-    cols = sorted(c for c in feats if c != "state_evidence")
-    n = _len(feats)
-    if n == 1:  # one client (the API): the same text, without a NumPy call per column
-        arrays = [feats[c] for c in cols]
-        numeric = [k for k, a in enumerate(arrays) if a.dtype.kind in "fiu"]
-        rounded = np.round(np.array([float(arrays[k][0]) for k in numeric], dtype="float64"), 6).tolist()
-        text = [None] * len(cols)
-        for k, v in zip(numeric, rounded):
-            text[k] = "<NA>" if v != v else str(v)
-        for k, a in enumerate(arrays):
-            if text[k] is None:
-                v = a[0]
-                text[k] = "<NA>" if v is None or (isinstance(v, float) and v != v) else str(v)
-        return np.array([hashlib.blake2b(("|" + "|".join(text)).encode(), digest_size=6).hexdigest()], dtype=object)
-    arrays = [np.asarray(feats[c]) for c in cols]
-    numeric = [k for k, a in enumerate(arrays) if a.dtype.kind in "fiu"]
-    texts: list = [None] * len(cols)
-    if numeric:  # one rounding for every numeric column (numpy's rounding, as pandas' .round)
-        block = np.round(np.stack([arrays[k].astype("float64") for k in numeric], axis=1), 6).tolist()
-        for pos, k in enumerate(numeric):
-            texts[k] = ["<NA>" if row[pos] != row[pos] else str(row[pos]) for row in block]
-    for k, a in enumerate(arrays):
-        if texts[k] is None:
-            texts[k] = _text(a)
-    return np.array([hashlib.blake2b(("|" + "|".join(t[i] for t in texts)).encode(), digest_size=6).hexdigest()
-                     for i in range(n)], dtype=object)
+        feats = pd.DataFrame(dict(feats))
+    return np.array([document_hash(doc) for batch in documents(feats) for _, doc in batch], dtype=object)
 
 
 SMALL_HISTORY = 256  # rows: below this _History is filled in plain Python (the API's few clients)
@@ -249,6 +237,7 @@ class _History:
         out.contacts_30d, out.today = self.contacts_30d[idx], self.today[idx]
         out.since_action, out.since_decline = self.since_action[idx], self.since_decline[idx]
         out.since_family_decline = {k: v[idx] for k, v in self.since_family_decline.items()}
+        out.empty = self.empty
         return out
 
     def _fill_rows(self, history, ids, catalog: Catalog, day: date) -> None:
@@ -292,7 +281,8 @@ class _History:
         self.since_action = np.full((n, A), np.inf)
         self.since_decline = np.full((n, A), np.inf)
         self.since_family_decline = {f: np.full(n, np.inf) for f in ("product_offer", "care_contact", "retention_offer")}
-        if history is None or len(history) == 0:
+        self.empty = history is None or len(history) == 0  # nothing counts: no cooldown, no contact today
+        if self.empty:
             return
         if not isinstance(history, pd.DataFrame) or len(history) <= SMALL_HISTORY:
             self._fill_rows(history, ids, catalog, day)
@@ -443,9 +433,34 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
     1 + index in :data:`RULES`, or ``len(RULES) + 1`` for ``request``); ``best`` per kind ("ip", "dg"):
     (priority [n], action [n], channel [n]); ``action_priority`` / ``action_channel`` [n, A]: each action
     at its best allowed channel (-inf: not allowed).
+
+    Two steps: :func:`day_scores` (what depends only on the day's features and model outputs) and
+    :func:`finish` (the contact history and the request). The scoring API runs the first for every
+    client when it loads a model and the second per request; the daily run runs both here.
     """
+    return finish(day_scores(f, catalog, inputs, day), catalog, history, request)
+
+
+#: The rules :func:`day_scores` applies (the others need the contact history or a request).
+DAY_RULES = RULES[:5]
+
+
+class DayScores(dict):
+    """:func:`day_scores`' arrays, aligned with the clients' rows: ``P``, ``V``, ``removed_by``,
+    ``rm_review`` [n, A]; ``chan`` [n, A, C] (allowed channels after consent); ``held`` [n, m];
+    ``protected``, ``churn``, ``outbound_30d`` [n]. :meth:`take` selects rows."""
+
+    def take(self, idx) -> DayScores:
+        return DayScores({k: v[idx] for k, v in self.items()})
+
+
+def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
+    """The part of :func:`score` fixed for the day: propensity and value per (client, action) and the
+    hard policies that read only the features and the model (:data:`DAY_RULES`: eligibility, already
+    held, suitability, complaint first, consent). Returns a :class:`DayScores`; ``removed_by`` is int8
+    (0 passed, else 1 + index in :data:`RULES`)."""
     S = _static(catalog)
-    n, A, C = _len(f), len(catalog.actions), len(CHANNELS)
+    n, A = _len(f), len(catalog.actions)
     pol = catalog.policy
     prods = catalog.products
     age = _f(f, "age", 0)
@@ -519,19 +534,55 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
     chan &= consent[:, None, :]
     chan &= ~(needs_marketing[None, :, None] & ~marketing[:, None, None])
     apply("consent", ~chan.any(axis=2))
-    cool = history.since_action < S.cooldown[None, :]
-    cool |= history.since_decline < pol.decline_cooldown_days
-    for fi, fam in enumerate(FAMILIES):
-        fam_block = history.since_family_decline[fam] < pol.family_decline_cooldown_days
-        cool |= fam_block[:, None] & (S.fam == fi)[None, :]
-    apply("cooldown", cool)
-    contacts = _f(f, "outbound_30d", 0) + history.contacts_30d
+    # Each action's expected value at its best allowed in-person and digital channel, as far as these
+    # rules go: the later rules remove whole actions, so finish() only masks these.
+    ev = _expected_value(S, P, V, (removed_by == 0)[:, :, None] & chan)
+    ip_ev = np.where(S.in_person[None, None, :], ev, -np.inf)
+    dg_ev = np.where(S.in_person[None, None, :], -np.inf, ev)
+    return DayScores(P=P, V=V, removed_by=removed_by, rm_review=rm_review, chan=chan, held=held,
+                     protected=protected, churn=np.asarray(churn), outbound_30d=_f(f, "outbound_30d", 0),
+                     ip_ev=ip_ev.max(axis=2), ip_ch=ip_ev.argmax(axis=2).astype(np.int8),
+                     dg_ev=dg_ev.max(axis=2), dg_ch=dg_ev.argmax(axis=2).astype(np.int8))
+
+
+def _expected_value(S: _Static, P: np.ndarray, V: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``[n, A, C]`` expected value of each action on each channel, net of the channel's and the
+    action's cost (currency); ``-inf`` where ``ok`` ([n, A, C] bool) is False."""
+    ev = P[:, :, None] * S.resp[None, None, :] * V[:, :, None] - S.ccost[None, None, :] - S.cost[None, :, None]
+    return np.where(ok, ev, -np.inf)
+
+
+def finish(day: DayScores, catalog: Catalog, history: _History, request: Request | None = None,
+           best: bool = True) -> dict:
+    """:func:`score` from the day's part: the contact-history rules (cooldown, contact cap, one per
+    day), the request, then the expected value per channel and (with ``best``) the best in-person and
+    digital options. ``day`` is not modified."""
+    S = _static(catalog)
+    pol = catalog.policy
+    P, V, rm_review = day["P"], day["V"], day["rm_review"]
+    n, A = P.shape
+    removed_by = day["removed_by"].copy()
+    chan = day["chan"]
+
+    def apply(rule: str, removes: np.ndarray) -> None:
+        hit = removes & (removed_by == 0)
+        removed_by[hit] = RULES.index(rule) + 1
+
+    if not history.empty:
+        cool = history.since_action < S.cooldown[None, :]
+        cool |= history.since_decline < pol.decline_cooldown_days
+        for fi, fam in enumerate(FAMILIES):
+            fam_block = history.since_family_decline[fam] < pol.family_decline_cooldown_days
+            cool |= fam_block[:, None] & (S.fam == fi)[None, :]
+        apply("cooldown", cool)
+    contacts = day["outbound_30d"] + history.contacts_30d
     apply("contact_cap", (contacts >= pol.max_contacts_per_30d)[:, None] & np.ones((1, A), bool))
-    apply("one_per_day", history.today[:, None] & np.ones((1, A), bool))
+    if not history.empty:
+        apply("one_per_day", history.today[:, None] & np.ones((1, A), bool))
     if request is not None:
         before = chan.any(axis=2)
         if request.channel is not None:
-            chan &= (np.array(CHANNELS) == request.channel)[None, None, :]
+            chan = chan & (np.array(CHANNELS) == request.channel)[None, None, :]
         allowed = np.ones(A, bool)
         if request.candidates is not None:
             allowed &= np.isin(S.action_ids, list(request.candidates))
@@ -540,21 +591,34 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
         removed_by[((~allowed)[None, :] | (before & ~chan.any(axis=2))) & (removed_by == 0)] = len(RULES) + 1
 
     # --- expected value per channel; best in-person and best digital option -------------------------
-    ok = (removed_by == 0)[:, :, None] & chan
-    ev = P[:, :, None] * S.resp[None, None, :] * V[:, :, None] - S.ccost[None, None, :] - S.cost[None, :, None]
-    ev = np.where(ok, ev, -np.inf)
-    per_action = ev.max(axis=2)  # [n, A]
-    per_action = np.where(per_action > pol.min_priority, per_action, -np.inf)
-    best = {}
-    for name, mask in (("ip", S.in_person), ("dg", ~S.in_person)):
-        e = np.where(mask[None, None, :], ev, -np.inf).reshape(n, A * C)
-        k = np.argmax(e, axis=1)
-        pr = e[np.arange(n), k]
+    passed = removed_by == 0
+    if request is not None and request.channel is not None:  # channels narrowed: from the channels again
+        ok = passed[:, :, None] & chan
+        ev = _expected_value(S, P, V, ok)
+        ip = np.where(S.in_person[None, None, :], ev, -np.inf)
+        dg = np.where(S.in_person[None, None, :], -np.inf, ev)
+        ip_ev, ip_ch, dg_ev, dg_ch = ip.max(axis=2), ip.argmax(axis=2), dg.max(axis=2), dg.argmax(axis=2)
+        chan_ok = ok.any(axis=2)
+    else:  # the day's best channels, without the actions the later rules removed
+        ip_ev = np.where(passed, day["ip_ev"], -np.inf)
+        dg_ev = np.where(passed, day["dg_ev"], -np.inf)
+        ip_ch, dg_ch = day["ip_ch"], day["dg_ch"]
+        chan_ok = passed & day["chan"].any(axis=2)
+    best_ev = np.maximum(ip_ev, dg_ev)  # [n, A]
+    # the channel of the best value (the first channel on a tie, as an argmax over all channels)
+    channel = np.where(ip_ev > dg_ev, ip_ch, np.where(dg_ev > ip_ev, dg_ch, np.minimum(ip_ch, dg_ch)))
+    channel = np.where(np.isfinite(best_ev), channel, 0).astype(np.int64)
+    per_action = np.where(best_ev > pol.min_priority, best_ev, -np.inf)
+    options_ = {}
+    rows = np.arange(n)
+    for name, e, ch in (("ip", ip_ev, ip_ch), ("dg", dg_ev, dg_ch)) if best else ():
+        k = np.argmax(e, axis=1)  # the first best action (an argmax over actions x channels)
+        pr = e[rows, k]
         valid = np.isfinite(pr) & (pr > pol.min_priority)
-        best[name] = (np.where(valid, pr, -np.inf), k // C, k % C)
-    return {"P": P, "V": V, "removed_by": removed_by, "rm_review": rm_review, "chan_ok": ok.any(axis=2),
-            "best": best, "held": held, "protected": protected, "churn": churn,
-            "action_priority": per_action, "action_channel": ev.argmax(axis=2)}
+        options_[name] = (np.where(valid, pr, -np.inf), k, np.asarray(ch)[rows, k].astype(np.int64))
+    return {"P": P, "V": V, "removed_by": removed_by, "rm_review": rm_review, "chan_ok": chan_ok,
+            "best": options_, "held": day["held"], "protected": day["protected"], "churn": day["churn"],
+            "action_priority": per_action, "action_channel": channel}
 
 
 def assign(rm: np.ndarray, ip: np.ndarray, dg: np.ndarray, capacity: dict[str, int]) -> np.ndarray:
@@ -862,7 +926,7 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
 
 def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFrame | None,
              cohort: pd.DataFrame, request: Request | None = None, top: int = 5,
-             detail: bool = False) -> list[dict] | tuple[list[dict], dict]:
+             detail: bool = False, hashes: Sequence[str] | None = None) -> list[dict] | tuple[list[dict], dict]:
     """Ranked actions per client of ``f`` for a real-time caller (the scoring API).
 
     The daily engine's propensities, hard policies, channels, priorities, control group, reasons and
@@ -876,18 +940,26 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
     ``actions`` (at most ``top``, best first: action_id, action_family, product_id, channel, priority,
     propensity, value, in_person, rm_review, reasons, talking_points, decision_id), ``policy_trace``
     (rule -> action ids it removed, ``passed``, ``chosen``), ``feature_hash`` and the client's state.
-    With ``detail``, also :func:`score`'s arrays (a pair).
+    With ``detail``, also :func:`score`'s arrays (a pair). ``hashes``: the rows' feature hashes when
+    known (the API: from the online store's bytes), else :func:`feature_hashes` of ``f``.
     """
-    n = _len(f)
     ids = _s(f, "customer_id")
     hist = _History(history, ids, catalog, day)
     d = score(f, catalog, inputs, hist, day, request)
+    out = answers(ids, _records(f), feature_hashes(f) if hashes is None else hashes, inputs.churn, d, catalog,
+                  cohort, day, request, top)
+    return (out, d) if detail else out
+
+
+def answers(ids: Sequence[str], records: list[dict], hashes: Sequence[str], churn: np.ndarray, d: dict,
+            catalog: Catalog, cohort: pd.DataFrame, day: date, request: Request | None = None,
+            top: int = 5) -> list[dict]:
+    """:func:`realtime`'s answers from :func:`score`'s arrays ``d`` for clients ``ids`` (their feature
+    rows as dicts ``records``, :func:`feature_hashes` and churn probabilities ``churn``, aligned)."""
     S = _static(catalog)
     rules = RULES + (("request",) if request is not None else ())
-    hashes = feature_hashes(f)
-    records = _records(f)
     out = []
-    for i in range(n):
+    for i in range(len(ids)):
         pri = d["action_priority"][i]
         order = np.argsort(-pri, kind="stable")
         order = order[np.isfinite(pri[order])][:max(int(top), 1)]
@@ -900,7 +972,7 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                "policy_trace": trace, "feature_hash": str(hashes[i]),
                "state": {"lifecycle_stage": r.get("lifecycle_stage"), "health_score": _num_or_none(r.get("health_score")),
                          "complaint_state": r.get("complaint_state"), "emotional_state": r.get("emotional_state"),
-                         "churn_risk": _num_or_none(inputs.churn[i])}}
+                         "churn_risk": _num_or_none(churn[i])}}
         if len(order):
             fam = catalog.actions[order[0]].family
             share = catalog.policy.control_share.get(fam, 0.0)
@@ -912,7 +984,7 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
                 out.append(row)
                 continue
             acts = [catalog.actions[j] for j in order]
-            reasons, points, data = explain(None, acts, d["P"][i, order], np.repeat(inputs.churn[i], len(order)),
+            reasons, points, data = explain(None, acts, d["P"][i, order], np.repeat(churn[i], len(order)),
                                             catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order))
             for k, (j, a) in enumerate(zip(order, acts)):
                 c = CHANNELS[d["action_channel"][i, j]]
@@ -928,7 +1000,7 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
             trace["chosen"] = {"action_id": acts[0].action_id, "channel": row["actions"][0]["channel"],
                                "assignment": "realtime"}
         out.append(row)
-    return (out, d) if detail else out
+    return out
 
 
 def _num_or_none(v) -> float | None:

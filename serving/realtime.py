@@ -23,6 +23,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Sequence
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from bundle import Bundle, BundleError, registry
@@ -34,13 +35,16 @@ from feature_store.store import TableStore
 from nba.catalog import Catalog, load_catalog
 from nba.decision import (
     RULES,
+    DayScores,
     Inputs,
     Request,
     _History,
+    answers,
     cohort_shares,
-    empty_history,
+    day_scores,
+    document_hash,
+    finish,
     realtime,
-    score,
 )
 from nba.errors import NBAError
 from nba.home import Home
@@ -76,6 +80,9 @@ class ServingState:
     store_history: dict     # customer_id -> HISTORY_COLUMNS tuples from the store's action_outcomes
     meta: dict              # bundle meta (as_of, trained_at, evaluation)
     metrics: dict           # the registered version's run metrics
+    day_rows: dict = field(default_factory=dict)  # customer_id -> row of ``scores`` and ``churn``
+    scores: DayScores | None = None  # nba.decision.day_scores of every client of the day, [n_clients, ...]
+    churn: np.ndarray | None = None   # [n_clients] churn probability from the model (NaN: unknown)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -181,6 +188,17 @@ class DecisionService:
             raise ServingError(f"the online store's columns differ from the features at {day}: {missing[:5]}")
         cohort = cohort_shares(feats, catalog)
         hist = _store_history(store, day)
+        # The day's part of every client's decision (propensity, value and the policies that read only
+        # the features and the model), computed once here; a request adds its contact history and
+        # context (nba.decision.finish). The online store's live version holds the same rows.
+        rows = {c: i for i, c in enumerate(b.customer_ids)}
+        product_col = pd.Index(b.product_ids).get_indexer(catalog.products.index)
+        day_ids = feats["customer_id"].astype(str).tolist()
+        inputs = _model_inputs(b, rows, product_col, day_ids, f"{mv.name}/{mv.version}")
+        parts = [day_scores(feats.iloc[s:s + DAY_CHUNK], catalog, inputs.take(slice(s, s + DAY_CHUNK)), day)
+                 for s in range(0, len(feats), DAY_CHUNK)] or [day_scores(feats, catalog, inputs, day)]
+        scores = DayScores({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
         try:
             run_metrics = _run_metrics(mv)
         except Exception:  # noqa: BLE001 - metrics are informative only
@@ -188,10 +206,10 @@ class DecisionService:
         return ServingState(
             model_name=mv.name, model_version=int(mv.version), label=f"{mv.name}/{mv.version}",
             build_id=snap.build_id, snapshot=snap, catalog=catalog,
-            product_col=pd.Index(b.product_ids).get_indexer(catalog.products.index), day=day,
+            product_col=product_col, day=day,
             online_version=str(live.get("version")), store_version=store.name, cohort=cohort, kinds=kinds,
-            rows={c: i for i, c in enumerate(b.customer_ids)}, store_history=hist, meta=dict(b.meta),
-            metrics=run_metrics)
+            rows=rows, store_history=hist, meta=dict(b.meta), metrics=run_metrics,
+            day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, churn=inputs.churn)
 
     # -- reading clients ----------------------------------------------------------------------------
 
@@ -222,17 +240,31 @@ class DecisionService:
 
     def inputs(self, ids: Sequence[str], state: ServingState) -> Inputs:
         """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it)."""
-        b = state.bundle
-        rows = np.array([state.rows.get(c, -1) for c in ids], dtype=np.int64)
-        known = rows >= 0
-        pp = np.full((len(ids), len(state.product_col)), np.nan, np.float32)
-        churn = np.full(len(ids), np.nan, np.float32)
-        if known.any():
-            full = b.propensity(rows[known])
-            pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, state.product_col]
-            if b.churn is not None:
-                churn[known] = b.churn[rows[known]]
-        return Inputs(pp, churn, state.label)
+        return _model_inputs(state.bundle, state.rows, state.product_col, ids, state.label)
+
+    def rows_of(self, customer_ids: Sequence[str], state: ServingState, rm_id: str | None = None) -> OnlineRows:
+        """The live online feature rows of the known clients among ``customer_ids`` (in their order) as
+        dicts, values typed as :meth:`features` types them (numbers float, NaN for missing; flags bool),
+        with their feature hashes (of the stored bytes) and the snapshot's version. With ``rm_id``,
+        clients outside that RM's book are left out, exactly as unknown ones."""
+        version, columns, docs = self.online.get_docs(list(customer_ids))
+        conv = [(c, state.kinds.get(c, "obj")) for c in columns]
+        nan = float("nan")
+        out = OnlineRows(version)
+        for cid, doc in zip(customer_ids, docs):
+            if doc is None:
+                continue
+            rec = {c: (nan if v is None else float(v)) if k == "num" else bool(v) if k == "bool" else v
+                   for (c, k), v in zip(conv, orjson.loads(doc))}
+            if rm_id is not None and rec.get("rm_id") != rm_id:
+                continue
+            out.ids.append(cid)
+            out.records.append(rec)
+            out.hashes.append(document_hash(doc))
+        for c in state.kinds.keys() - set(columns):  # a column the online snapshot lacks
+            for rec in out.records:
+                rec[c] = nan if state.kinds[c] == "num" else False if state.kinds[c] == "bool" else None
+        return out
 
     def history(self, ids: Sequence[str], state: ServingState) -> list[tuple]:
         """HISTORY_COLUMNS rows (tuples) of these clients, each decision once: the ledger's (every source,
@@ -283,13 +315,25 @@ class DecisionService:
 
     def _decide(self, customer_ids, request, top, rm_id, record, state):
         state = state or self.state
-        ids, cols = self.features(customer_ids, state, rm_id)
+        rows = self.rows_of(customer_ids, state, rm_id)
+        ids = rows.ids
         if not ids:
             return state, [], None, ids
-        out, d = realtime(cols, state.catalog, self.inputs(ids, state), state.day, self.history(ids, state),
-                          state.cohort, request, top, detail=True)
+        at = [state.day_rows.get(c) for c in ids]
+        if rows.version != state.online_version or None in at:
+            # The online store moved on before this state was reloaded: the day's scores are not these
+            # rows', so the whole engine runs on them.
+            cols = _columns(rows.records, state.kinds)
+            out, d = realtime(cols, state.catalog, self.inputs(ids, state), state.day, self.history(ids, state),
+                              state.cohort, request, top, detail=True, hashes=rows.hashes)
+        else:
+            at = np.array(at, dtype=np.int64)
+            hist = _History(self.history(ids, state), ids, state.catalog, state.day)
+            d = finish(state.scores.take(at), state.catalog, hist, request, best=False)
+            out = answers(ids, rows.records, rows.hashes, state.churn[at], d, state.catalog, state.cohort,
+                          state.day, request, top)
         now = self.clock()
-        rows = []
+        rows = []  # the ledger's
         for r in out:
             r["model_version"] = state.label
             r["as_of"] = state.day.isoformat()
@@ -307,7 +351,7 @@ class DecisionService:
                              "channel": a.get("channel") or act.channels[0], "control_group": held is not None,
                              "model_version": state.label})
         if record and rows:
-            self.ledger.record_decisions(rows, source="api", decided_at=now)
+            self.ledger.record_decisions(rows, source="api", decided_at=now, durable=False)
         return state, out, d, ids
 
     def recommendations(self, customer_id: str, k: int, rm_id: str | None = None,
@@ -316,12 +360,13 @@ class DecisionService:
         already held, suitability, open complaint, marketing consent on some channel), by calibrated
         propensity (P(opens within 90 days)). None for an unknown client."""
         state = state or self.state
-        ids, cols = self.features([customer_id], state, rm_id)
-        if not ids:
+        rows = self.rows_of([customer_id], state, rm_id)
+        if not rows.ids:
             return state, None
-        inputs = self.inputs(ids, state)
-        hist = _History(empty_history(), pd.Index(ids), state.catalog, state.day)
-        d = score(cols, state.catalog, inputs, hist, state.day)
+        if rows.version == state.online_version and customer_id in state.day_rows:
+            d = state.scores.take([state.day_rows[customer_id]])
+        else:  # the online store moved on before this state was reloaded
+            d = day_scores(_columns(rows.records, state.kinds), state.catalog, self.inputs(rows.ids, state), state.day)
         rb = d["removed_by"][0]
         blocking = {RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability", "complaint_first",
                                                   "consent")}
@@ -377,15 +422,21 @@ class DecisionService:
             aud = res.audience
             keep = np.ones(len(aud), bool)
             if len(aud) and (channel is not None or offer is not None or rm_id is not None):
-                ids, cols = self.features(aud["customer_id"].tolist(), state, rm_id)
+                rows = self.rows_of(aud["customer_id"].tolist(), state, rm_id)
+                ids, recs = rows.ids, rows.records
                 ok = pd.Series(False, index=aud["customer_id"])
                 if ids:
                     passed = np.ones(len(ids), bool)
                     if channel is not None:
-                        passed &= cols[f"consent_{channel}"].astype(bool) & cols["consent_marketing"].astype(bool)
+                        passed &= np.array([bool(r.get(f"consent_{channel}")) and bool(r.get("consent_marketing"))
+                                            for r in recs], bool)
                     if offer is not None:
-                        hist = _History(empty_history(), pd.Index(ids), state.catalog, state.day)
-                        d = score(cols, state.catalog, self.inputs(ids, state), hist, state.day)
+                        at = [state.day_rows.get(c) for c in ids]
+                        if rows.version == state.online_version and None not in at:
+                            d = state.scores.take(np.array(at, dtype=np.int64))
+                        else:  # the online store moved on before this state was reloaded
+                            d = day_scores(_columns(recs, state.kinds), state.catalog, self.inputs(ids, state),
+                                           state.day)
                         passed &= ~np.isin(d["removed_by"][:, offer],
                                            [RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability",
                                                                          "complaint_first")])
@@ -404,6 +455,45 @@ class DecisionService:
 
     def close(self) -> None:
         self.online.close()
+
+
+@dataclass
+class OnlineRows:
+    """Feature rows read from the online store: the snapshot's ``version``, and per known client (in the
+    order asked) its id, its row as a dict and its feature hash."""
+
+    version: str | None
+    ids: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    hashes: list = field(default_factory=list)
+
+
+def _columns(records: list[dict], kinds: dict) -> dict[str, np.ndarray]:
+    """Rows as typed column arrays (num float64, bool, object), the engine's mapping form."""
+    cols = {}
+    for c, kind in kinds.items():
+        vals = [r.get(c) for r in records]
+        cols[c] = (np.array(vals, dtype="float64") if kind == "num" else np.array(vals, dtype=bool) if kind == "bool"
+                   else np.array(vals, dtype=object))
+    return cols
+
+
+DAY_CHUNK = 50_000  # clients per day_scores call at load (bounds the [n, actions, channels] temporaries)
+
+
+def _model_inputs(b: Bundle, rows: dict, product_col: np.ndarray, ids: Sequence[str], label: str) -> Inputs:
+    """The bundle's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it).
+    ``rows``: customer_id -> bundle row; ``product_col``: each catalog product's bundle column (-1: none)."""
+    at = np.array([rows.get(c, -1) for c in ids], dtype=np.int64)
+    known = at >= 0
+    pp = np.full((len(ids), len(product_col)), np.nan, np.float32)
+    churn = np.full(len(ids), np.nan, np.float32)
+    if known.any():
+        full = b.propensity(at[known])
+        pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, product_col]
+        if b.churn is not None:
+            churn[known] = b.churn[at[known]]
+    return Inputs(pp, churn, label)
 
 
 def _check_bundle(b: Bundle, version: int) -> None:

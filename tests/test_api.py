@@ -515,3 +515,43 @@ def test_the_replayed_clock_is_one_clock_for_all_workers(monkeypatch):
     monkeypatch.setenv(CLOCK_ENV, "2026-06-01T12:00:00")  # no offset
     with pytest.raises(ConfigError, match=CLOCK_ENV):
         clock_from_env()
+
+
+def test_answers_follow_the_online_store_when_it_moves_before_a_reload(home, tmp_path):
+    """The day's scores are computed when a model loads; if the online store publishes new rows before
+    the next reload, requests answer from the new rows (the whole engine on them), with their hash."""
+    import sqlite3
+
+    from feature_store.ledger import Ledger
+    from feature_store.online import SQLiteOnlineStore
+    from nba.decision import documents, feature_hashes
+    from serving.realtime import DecisionService
+
+    copy = tmp_path / "online.sqlite"
+    with sqlite3.connect(home.root / "online.sqlite") as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    led = Ledger.open(home)
+    svc = DecisionService(home, led, online_url=f"sqlite:///{copy}", clock=CLOCK)
+    try:
+        svc.reload()
+        state = svc.state
+        feats = features_at(home, AS_OF)
+        ids = feats["customer_id"].tolist()[:300]
+        _, before = svc.next_best_action(ids, record=False)
+        acted = [r["customer_id"] for r in before if r["actions"]]
+        assert len(acted) >= 2
+        changed = feats.copy()
+        gone = changed["customer_id"] == acted[0]
+        for c in [c for c in changed.columns if c.startswith("consent_")]:
+            changed.loc[gone, c] = False
+        SQLiteOnlineStore(copy).publish(f"{AS_OF}@moved", list(changed.columns), documents(changed))
+
+        st, after = svc.next_best_action(acted[:2], record=False)
+        assert st is state  # not reloaded: the new rows went through the whole engine
+        first, second = after
+        assert first["actions"] == [] and first["policy_trace"]["consent"]
+        assert first["feature_hash"] == feature_hashes(changed[gone])[0] != before[ids.index(acted[0])]["feature_hash"]
+        assert second == before[ids.index(acted[1])]  # an unchanged row: the same answer on both paths
+    finally:
+        svc.close()
+        led.close()

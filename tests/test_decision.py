@@ -430,3 +430,52 @@ def test_history_paths_agree(rows):
         np.testing.assert_array_equal(getattr(big, name), getattr(small, name), err_msg=name)
     for fam in big.since_family_decline:
         np.testing.assert_array_equal(big.since_family_decline[fam], small.since_family_decline[fam], err_msg=fam)
+
+
+# -------------------------------------------------------------------------------------------------
+# The day's precomputed part (the scoring API computes it once per model load)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(clients=st.lists(client, min_size=1, max_size=12), prods=st.lists(product_row, min_size=1, max_size=5),
+       max_contacts=st.integers(1, 3))
+def test_best_channel_from_the_day_equals_the_best_over_each_channel(clients, prods, max_contacts):
+    """Without a channel, each action's priority and channel come from the day's precomputed best
+    in-person and digital values; with a channel, from that channel's expected value. The first must be
+    the maximum of the second over the channels, at the first channel reaching it."""
+    from nba import decision as D
+    feats, catalog, inputs, _, history = build_case(clients, prods, (1, 1, 1), max_contacts)
+    ids = pd.Index(feats["customer_id"].astype(str))
+    hist = D._History(history, ids, catalog, DAY)
+    day = D.day_scores(feats, catalog, inputs, DAY)
+    free = D.finish(day, catalog, hist)
+    per_channel = np.stack([D.finish(day, catalog, hist, D.Request(channel=c), best=False)["action_priority"]
+                            for c in CHANNELS], axis=2)  # [n, A, C]
+    np.testing.assert_array_equal(free["action_priority"], per_channel.max(axis=2))
+    finite = np.isfinite(free["action_priority"])
+    np.testing.assert_array_equal(free["action_channel"][finite], per_channel.argmax(axis=2)[finite])
+    # score() is the two steps, and the day's part is left as it was
+    before = {k: v.copy() for k, v in day.items()}
+    again = D.score(feats, catalog, inputs, hist, DAY)
+    for k in ("P", "V", "removed_by", "action_priority", "action_channel", "chan_ok"):
+        np.testing.assert_array_equal(again[k], free[k], err_msg=k)
+    for k in before:
+        np.testing.assert_array_equal(day[k], before[k], err_msg=k)
+
+
+def test_feature_hash_is_the_hash_of_the_stored_document(tmp_path):
+    """The daily run hashes the documents the online store keeps, so the API hashes the bytes it reads."""
+    from feature_store.online import SQLiteOnlineStore
+    from nba.decision import document_hash, documents, feature_hashes
+    feats = feats_frame([{}, {"age": 70.0, "days_since_resolved_complaint": 12}, {"segment": "mass"}])
+    feats["as_of"] = pd.Timestamp(DAY)
+    feats["maybe"] = pd.array([1, None, 3], dtype="Int64")
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.publish("2026-06-01@v1", list(feats.columns), documents(feats))
+    version, columns, docs = store.get_docs(["C0001", "C0000", "nobody"])
+    assert version == "2026-06-01@v1" and columns == list(feats.columns) and docs[2] is None
+    assert [document_hash(d) for d in docs[:2]] == list(feature_hashes(feats)[[1, 0]])
+    changed = feats.copy()
+    changed.loc[1, "health_score"] = 61.0
+    h0, h1 = feature_hashes(feats), feature_hashes(changed)
+    assert h0[0] == h1[0] and h0[1] != h1[1] and len(h0[0]) == 12

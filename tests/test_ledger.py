@@ -412,3 +412,30 @@ def test_opened_at_once_and_other_tables_kept(ledger_url):
             c.execute(keys.insert().values(key_id="K1"))
     with Ledger(ledger_url) as led, led.engine.connect() as c:
         assert c.execute(sa.select(keys.c.key_id)).scalars().all() == ["K1"]
+
+
+def test_api_reads_and_lazy_writes_see_every_commit(ledger_url):
+    """The API's per-client history reads keep one connection per thread, and its decisions are
+    committed without waiting for the disk: each read still sees what any connection committed since
+    (here a second Ledger, as another worker), a failed read gives the thread a fresh connection, and
+    the lazy rows are there for every reader."""
+    led, other = Ledger(ledger_url, time_zone="UTC"), Ledger(ledger_url, time_zone="UTC")
+    try:
+        def seen() -> list[str]:
+            return [r[-1] for r in led.history(D, ["C1"], decision_ids=True, as_rows=True)]
+
+        assert seen() == []
+        led.record_decisions([dec(1)], source="api", decided_at=NOW, durable=False)
+        assert led.decision("N1")["customer_id"] == "C1" and other.decision("N1") is not None
+        other.record_outcome("N1", "reached", idempotency_key="k1", key_id="key", source="api", now=NOW)
+        assert seen() == ["N1"]  # an API decision counts once delivered, seen through the kept connection
+        other.record_decisions([dec(2)], source="daily")
+        assert sorted(seen()) == ["N1", "N2"]
+        kept = led._reader._local.c
+        kept.connection.dbapi_connection.close()  # the server dropped it
+        with pytest.raises(sa.exc.SQLAlchemyError):
+            seen()
+        assert sorted(seen()) == ["N1", "N2"] and led._reader._local.c is not kept
+    finally:
+        led.close()
+        other.close()

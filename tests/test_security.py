@@ -239,6 +239,45 @@ def test_rate_limiter_window_moves():
     assert rl.hit("k") is None
 
 
+def test_memory_window_counts_as_the_limits_library_does(monkeypatch):
+    """memory:// is counted in-process (no expiry thread); the same requests at the same times get the
+    same answers and retry times as from ``limits``' own moving window on its memory storage."""
+    import random
+
+    import limits
+    from limits.storage import MemoryStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    ours, theirs = sec._MemoryWindow(), MovingWindowRateLimiter(MemoryStorage())
+    rng = random.Random(7)
+    for rate in ("3/second", "5/minute"):
+        item = limits.parse(rate)
+        for step in range(400):
+            now[0] += rng.choice([0.0, 0.05, 0.3, 0.7, 2.0, 15.0])
+            key = rng.choice(["a", "b"])
+            if rng.random() < 0.2:
+                assert ours.test(item, "ns", key) == theirs.test(item, "ns", key), (rate, step)
+                continue
+            assert ours.hit(item, "ns", key) == theirs.hit(item, "ns", key), (rate, step)
+            a, b = ours.get_window_stats(item, "ns", key), theirs.get_window_stats(item, "ns", key)
+            assert a.remaining == b.remaining and a.reset_time == pytest.approx(b.reset_time), (rate, step)
+
+
+def test_memory_window_forgets_keys_that_left_their_window(monkeypatch):
+    import limits
+    now = [0.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    monkeypatch.setattr(sec._MemoryWindow, "SWEEP_EVERY", 10)
+    w, item = sec._MemoryWindow(), limits.parse("2/second")
+    for i in range(9):
+        assert w.hit(item, "ns", f"address-{i}")
+    now[0] += 5
+    assert w.hit(item, "ns", "late")  # the 10th hit sweeps the nine stale keys
+    assert list(w._events) == [item.key_for("ns", "late")]
+
+
 @pytest.mark.parametrize(("rate", "storage", "message"), [
     ("lots", "memory://", "rate limit 'lots': expected N/PERIOD"),
     ("5/minute", "mongo://:pw@host/db", "rate limit storage 'mongo://:\\*\\*\\*@host/db'"),

@@ -147,6 +147,7 @@ def create_app(home: Home | None = None, settings: ServingSettings | None = None
                 s.poller.join(timeout=5)
             s.service.close()
             s.ledger.close()
+            s.audit.close()
 
     app = FastAPI(title="NBA scoring API", version="1", lifespan=lifespan,
                   description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
