@@ -19,11 +19,33 @@ _NOT_INPUTS = {"customer_id", "as_of", "rm_id", "held_products", "declined_actio
 _CATEGORICAL = ("segment", "income_band", "lifecycle_stage", "complaint_state", "emotional_state")
 
 
+MAX_EXTENSION_LEVELS = 50  # a text extension column is one-hot over at most this many of its values
+
+
+def _kind(name: str, values: pd.Series) -> str | None:
+    """The type of a feature column: from ``nba.features``; for the bank's extension columns (``x_<name>``,
+    declared in ``configs/bank.yaml``) from its values: numbers and booleans are numeric, the rest text."""
+    if name in F.COLUMNS:
+        return F.FEATURES.get(name, F.STATE.get(name, ("str",)))[0]
+    if F.is_extension(name):
+        numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values) \
+            or pd.api.types.infer_dtype(values, skipna=True) in ("boolean", "integer", "floating", "mixed-integer-float")
+        return "float" if numeric else "str"
+    return None
+
+
+def _levels(values: pd.Series) -> list[str]:
+    """The most frequent values of a text extension column (at most :data:`MAX_EXTENSION_LEVELS`), sorted."""
+    return sorted(map(str, values.dropna().astype(str).value_counts().index[:MAX_EXTENSION_LEVELS]))
+
+
 @dataclass
 class FeatureEncoder:
     """Numeric features -> signed log1p -> standardised; categoricals -> one-hot; missing -> 0 + flag.
 
-    Fitted statistics travel with the model bundle so serving encodes exactly as training did.
+    Fitted statistics travel with the model bundle so serving encodes exactly as training did. A numeric
+    column that is null in every fitted row (a bank that lacks the table it comes from) gets mean 0 and
+    std 1 and a missing flag, without a warning: it encodes as 0 with the flag set until it has values.
     """
 
     numeric: list[str]
@@ -34,12 +56,23 @@ class FeatureEncoder:
 
     @classmethod
     def fit(cls, df: pd.DataFrame) -> FeatureEncoder:
+        """Fit on a feature frame (one row per customer, the columns of ``nba.features``): the numeric
+        inputs' mean and std after the signed log1p (``[n_numeric]`` each; 0 and 1 for a column without
+        a value), the categories seen, and a missing flag for every numeric column with a null."""
         numeric = [c for c in df.columns if c not in _NOT_INPUTS and c not in _CATEGORICAL
-                   and c in F.COLUMNS and F.FEATURES.get(c, F.STATE.get(c, ("str",)))[0] in ("int", "float", "bool")]
+                   and _kind(c, df[c]) in ("int", "float", "bool")]
         categorical = {c: sorted(map(str, df[c].dropna().unique())) for c in _CATEGORICAL if c in df}
+        categorical |= {c: _levels(df[c]) for c in df.columns if F.is_extension(c) and _kind(c, df[c]) == "str"}
         flags = [c for c in numeric if df[c].isna().any()]
         raw = cls._raw(df, numeric)
-        return cls(numeric, categorical, np.nanmean(raw, axis=0), np.nanstd(raw, axis=0) + 1e-6, flags)
+        # nanmean/nanstd by hand: an all-null column has no mean (np.nanmean warns "Mean of empty slice")
+        seen = ~np.isnan(raw)
+        n = seen.sum(axis=0)
+        filled = np.where(seen, raw, 0.0)
+        mean = np.divide(filled.sum(axis=0), n, out=np.zeros(raw.shape[1]), where=n > 0)
+        var = np.divide((np.where(seen, raw - mean, 0.0) ** 2).sum(axis=0), n, out=np.zeros(raw.shape[1]), where=n > 0)
+        std = np.where(n > 0, np.sqrt(var) + 1e-6, 1.0)
+        return cls(numeric, categorical, mean, std, flags)
 
     @staticmethod
     def _raw(df: pd.DataFrame, numeric: list[str]) -> np.ndarray:

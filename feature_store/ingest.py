@@ -6,8 +6,11 @@ contract's types and commits a new store version only if nothing at all was wron
 starts with ``_`` or ``.`` are ignored (the generator keeps its ground truth in ``_truth/``).
 
 Checks, each reported with file, row (and CSV line) and column:
-- layout: unknown table file, a table given twice, unreadable or malformed file;
-- columns: missing required column, unexpected column, column of an incompatible type;
+- layout: unknown table file, a table given twice, unreadable or malformed file, a required table missing on
+  the first ingest (the tables of ``schema.OPTIONAL_TABLES`` may be absent: they are stored empty and
+  marked absent; ``schema.ENGINE_TABLES`` are stored empty);
+- columns: missing required column, unexpected column (the extension columns declared in
+  ``configs/bank.yaml`` are expected), column of an incompatible type;
 - values: unparseable, missing where required, not in the allowed set, out of range, in the future,
   out of order within a row (``closed_at`` before ``opened_at``);
 - keys (DuckDB over the staged Parquet): duplicate primary key, unknown foreign key.
@@ -35,7 +38,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from nba import schema
-from nba.bank import BankConfig, load_bank_config
+from nba.bank import BankConfig, Extensions, load_bank_config
 from nba.errors import ConfigError, DataValidationError, Problem
 from nba.schema import Column, DType, Table
 
@@ -471,8 +474,10 @@ def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) ->
             ok = False
     for name in columns:
         if name not in tbl.column_names:
+            hint = (f"; a column the bank has beyond the contract must be declared, with its type, under "
+                    f"extensions.{tbl.name} in configs/bank.yaml" if tbl.name in schema.EXTENSION_TABLES else "")
             report.add(Problem(
-                file, f"unexpected column (table {tbl.name} has: {', '.join(tbl.column_names)})",
+                file, f"unexpected column (table {tbl.name} has: {', '.join(tbl.column_names)}){hint}",
                 column=name), "header")
             ok = False
     return ok
@@ -550,7 +555,8 @@ def _fmt_key(key: dict) -> str:
 
 def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetime | None = None,
            progress: Callable[[str], None] | None = None, source: str | None = None,
-           wait: float = 0, time_zone: str | None = None) -> StoreVersion:
+           wait: float = 0, time_zone: str | None = None,
+           extensions: Extensions | dict | None = None) -> StoreVersion:
     """Validate ``src`` and commit it as a new store version; raise ``DataValidationError`` otherwise.
 
     ``mode="replace"``: each table given replaces the stored one; tables not given are carried over.
@@ -558,7 +564,11 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
     On any problem nothing is committed and the live version is unchanged. ``source`` describes the
     input in the version's manifest (default: the folder and mode); ``wait`` is how many seconds to
     wait for another writer (0: fail at once with ``StoreError``). ``time_zone`` (default: the bank's,
-    ``configs/bank.yaml``) decides what "in the future" means for date columns.
+    ``configs/bank.yaml``) decides what "in the future" means for date columns. ``extensions`` (default:
+    ``extensions`` of ``configs/bank.yaml``; a dict ``{"customers": {"credit_score": "float"}}`` or
+    :class:`nba.bank.Extensions`) are the extra columns the files may have; an appended table must have
+    the extensions it was stored with. Tables of ``schema.OPTIONAL_TABLES`` missing on the first ingest
+    are stored empty and marked absent (``StoreVersion.absent``); ``ConfigError`` for bad extensions.
     """
     if mode not in ("replace", "append"):
         raise ValueError(f"mode must be 'replace' or 'append', not {mode!r}")
@@ -568,6 +578,12 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
         zone = BankConfig(time_zone=time_zone).time_zone if time_zone else load_bank_config().time_zone
     except ValidationError as e:
         raise ConfigError(f"time_zone: {e.errors()[0]['msg']}") from None
+    try:
+        ext = (load_bank_config().extensions if extensions is None else
+               extensions if isinstance(extensions, Extensions) else Extensions.model_validate(extensions)).as_dict()
+    except ValidationError as e:
+        raise ConfigError(f"extensions: {'; '.join(err['msg'] for err in e.errors())}") from None
+    tables = schema.tables(ext)
     now = now or datetime.now(timezone.utc)
     now = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(ZoneInfo(zone))
     src = Path(src)
@@ -581,23 +597,36 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
 
     current = store.current()
     stored = set(current.tables) if current else set()
-    missing = [t for t in schema.TABLES if t not in files and t not in stored]
+    may_lack = schema.OPTIONAL_TABLES + schema.ENGINE_TABLES
+    missing = [t for t in schema.TABLES if t not in files and t not in stored and t not in may_lack]
     if missing:
         raise DataValidationError([Problem(
             str(src), f"no file for table {t!r} and the store has none yet (give {t}.csv, "
-                      f"{t}.parquet or a {t}/ folder; a header-only CSV makes an empty table)")
+                      f"{t}.parquet or a {t}/ folder; a header-only CSV makes an empty table; only "
+                      f"{', '.join(may_lack)} may be left out)")
             for t in missing])
+    if mode == "append":
+        changed = [t for t in files if t in stored and current.extensions(t) != ext.get(t, {})]
+        if changed:
+            raise DataValidationError([Problem(
+                str(src), f"table {t!r} is stored with extension columns {current.extensions(t) or 'none'}, and "
+                          f"configs/bank.yaml declares {ext.get(t) or 'none'}: append needs the same columns "
+                          f"(ingest {t} in replace mode to change them)") for t in changed])
 
     origins: dict[str, _Origin] = {}
     source = source or f"ingest {src} (mode={mode})"
     with store.write(source, wait=wait) as writer:
-        for name, tbl in schema.TABLES.items():
+        for name, tbl in tables.items():
             if name not in files:
-                writer.link_from_parent(name)
+                if name in stored:
+                    writer.link_from_parent(name)
+                else:  # an optional table the export does not have: empty, and absent if the bank's
+                    writer.ensure_table(name, ext.get(name, {}), absent=name in schema.OPTIONAL_TABLES)
+                    writer.write_part(name, tbl.arrow_schema.empty_table())
                 continue
             if mode == "append" and name in stored:
                 writer.link_from_parent(name)
-            writer.ensure_table(name)
+            writer.ensure_table(name, ext.get(name, {}))
             for path in files[name]:
                 if progress:
                     progress(f"{name}: {path.name}")
@@ -612,7 +641,7 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
             "threads": 2, "memory_limit": DUCKDB_MEMORY, "preserve_insertion_order": False,
             "temp_directory": str(writer.path / ".duckdb-spill")})
         try:
-            for tbl in schema.TABLES.values():
+            for tbl in tables.values():
                 # A table carried over unchanged whose referenced tables are unchanged was checked when
                 # it was committed: only what the new files touch is checked again.
                 if tbl.name in files or any(fk.table in files for fk in tbl.foreign_keys):

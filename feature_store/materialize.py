@@ -37,7 +37,9 @@ from .offline import compute_features, data_end, label_frame
 from .online import OnlineStore, open_online_store
 from .store import StoreVersion, TableStore
 
-FEATURE_SCHEMA_VERSION = 2  # 2: age in completed calendar years (int), calendar birthdays and anniversaries
+# 2: age in completed calendar years (int), calendar birthdays and anniversaries; 3: vulnerable_known, the
+# product category 'other', null features of absent tables, extension columns x_<name>
+FEATURE_SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ def time_zone() -> str:
     return load_bank_config().time_zone
 
 
+def vulnerable_default() -> bool:
+    """What a missing ``customers.vulnerable`` means (``configs/bank.yaml`` missing_values.vulnerable)."""
+    return load_bank_config().missing_values.vulnerable
+
+
 def default_as_of(version: StoreVersion) -> date:
     """The one rule for "today" when no date is given (materialize, train, daily): the first day after
     the store's latest event (in the bank's time zone), so that every feature window is complete."""
@@ -95,6 +102,7 @@ def _fresh(home: Home, as_of: date, version: StoreVersion, state: StateConfig) -
     m = manifest(home, as_of)
     return (m.get("feature_schema_version") == FEATURE_SCHEMA_VERSION
             and m.get("time_zone", "UTC") == time_zone()
+            and m.get("vulnerable_default", True) == vulnerable_default()
             and m.get("store_content_hash") == version.content_hash
             and m.get("state_config") == json.loads(json.dumps(state.model_dump())))
 
@@ -102,7 +110,7 @@ def _fresh(home: Home, as_of: date, version: StoreVersion, state: StateConfig) -
 def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
                 state: StateConfig | None = None) -> pd.DataFrame:
     """Features and customer state of every customer onboarded before ``as_of`` (one row per customer,
-    ``nba.features.COLUMNS``, sorted by customer_id).
+    ``nba.features.COLUMNS`` then the bank's extension columns ``x_<name>``, sorted by customer_id).
 
     The one "features at a date" of the project: training, the daily run and the API call it. It reads
     the materialized features when they were built from this store version with this state config, and
@@ -116,7 +124,7 @@ def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
     state = state or state_config()
     if _fresh(home, as_of, version, state):
         return read_features(home, as_of)
-    return _as_stored(compute_features(version, as_of, state, time_zone()))
+    return _as_stored(compute_features(version, as_of, state, time_zone(), vulnerable_default()))
 
 
 def _live_as_of(live: dict | None) -> date | None:
@@ -146,7 +154,8 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
     timings = {}
     t0 = time.perf_counter()
     say(f"computing features at {as_of} from store {version.name}")
-    table = pa.Table.from_pandas(compute_features(version, as_of, state, time_zone()), preserve_index=False)
+    table = pa.Table.from_pandas(compute_features(version, as_of, state, time_zone(), vulnerable_default()),
+                                 preserve_index=False)
     timings["compute_s"] = round(time.perf_counter() - t0, 2)
 
     store = online_store(home, online_url)  # one connection: read what is live, then publish
@@ -166,7 +175,7 @@ def materialize(home: Home, as_of: date | None = None, *, online_url: str | None
             "online_version": online_version if publish else (live["version"] if live and live_as_of == as_of
                                                               else None),
             "published": bool(publish),
-            "state_config": state.model_dump(), "time_zone": time_zone(),
+            "state_config": state.model_dump(), "time_zone": time_zone(), "vulnerable_default": vulnerable_default(),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 

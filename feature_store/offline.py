@@ -3,7 +3,9 @@
 ``compute_features(version, as_of)`` returns one row per customer onboarded before ``as_of`` with every
 column of ``nba.features.FEATURES`` and the customer state of ``nba.state``. Nothing dated on or after
 ``as_of`` can reach a feature: each source is filtered at its own timestamp before it is aggregated.
-The test suite plants future events and checks that the features do not move.
+The test suite plants future events and checks that the features do not move. A table the store version
+marks absent (the bank's export did not have it) makes the features computed from it null
+(``nba.features.NEEDS_TABLE``), and the customers' extension columns are appended as ``x_<column>``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from datetime import date, timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from nba import features as F
@@ -73,8 +76,10 @@ def completed_years(col: str, d: str) -> str:
     return f"(year({d}) - year({col}) - CASE WHEN {d} < {recurs_in(col, f'year({d})')} THEN 1 ELSE 0 END)"
 
 
-def _sql(d: date, time_zone: str = "UTC") -> dict[str, str]:
-    """One query per feature group, each keyed by customer_id, all filtered before ``d``."""
+def _sql(d: date, time_zone: str = "UTC", vulnerable_default: bool = True,
+         extensions: tuple[str, ...] = ()) -> dict[str, str]:
+    """One query per feature group, each keyed by customer_id, all filtered before ``d``. A missing
+    ``vulnerable`` is ``vulnerable_default``; ``extensions``: the customers' extension columns to add."""
     D = f"DATE '{d.isoformat()}'"
     T = instant(d, time_zone)  # day D begins at midnight in the bank's zone; timestamps are UTC instants
 
@@ -99,10 +104,12 @@ def _sql(d: date, time_zone: str = "UTC") -> dict[str, str]:
                risk_tolerance,
                CASE WHEN risk_assessed_at < {D} THEN date_diff('day', risk_assessed_at, {D}) END
                    AS risk_assessment_age_days,
-               vulnerable,
+               coalesce(vulnerable, {"TRUE" if vulnerable_default else "FALSE"}) AS vulnerable,
+               vulnerable IS NOT NULL AS vulnerable_known,
                -- next birthday / anniversary on or after as_of, in calendar terms (recurs_in)
                {days_to_next("birth_date", D)} AS days_to_birthday,
                {days_to_next("onboarded_at", D)} AS days_to_onboarding_anniversary
+               {"".join(f', "{c}" AS "{F.EXTENSION_PREFIX}{c}"' for c in extensions)}
         FROM customers WHERE onboarded_at < {D}"""
 
     held = f"(h.closed_at IS NULL OR h.closed_at >= {D})"
@@ -115,6 +122,10 @@ def _sql(d: date, time_zone: str = "UTC") -> dict[str, str]:
                    AS products_opened_180d,
                count(*) FILTER (WHERE h.closed_at >= {D} - INTERVAL 90 DAY AND h.closed_at < {D})
                    AS products_closed_90d,
+               -- a former client: held something before as_of and nothing at as_of (all closed before it)
+               count(*) FILTER (WHERE {held}) = 0 AS former_client,
+               CASE WHEN count(*) FILTER (WHERE {held}) = 0 THEN date_diff('day', max(h.closed_at), {D}) END
+                   AS days_since_left,
                min(h.maturity_date) FILTER (WHERE {held} AND p.category = 'term_deposit' AND h.maturity_date >= {D})
                    AS next_td_maturity
         FROM holdings h JOIN products p USING (product_id) JOIN customers c USING (customer_id)
@@ -247,12 +258,19 @@ _FLOAT_ZERO = [n for n, (t, _) in F.FEATURES.items()
 
 
 def compute_features(version: StoreVersion, as_of: date, state: StateConfig | None = None,
-                     time_zone: str = "UTC") -> pd.DataFrame:
-    """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order.
-    Day ``as_of`` begins at midnight in the bank's ``time_zone`` (an IANA name)."""
+                     time_zone: str = "UTC", vulnerable_default: bool = True) -> pd.DataFrame:
+    """Features and customer state of every customer onboarded before ``as_of``, in ``COLUMNS`` order,
+    then the customers' extension columns of ``version`` (``x_<column>``, :func:`nba.features.extension_features`).
+    Day ``as_of`` begins at midnight in the bank's ``time_zone`` (an IANA name). A client whose
+    ``vulnerable`` flag is missing gets ``vulnerable_default`` (``configs/bank.yaml`` missing_values) and
+    ``vulnerable_known`` false. The features of a table ``version`` marks absent are null
+    (:data:`nba.features.NEEDS_TABLE`)."""
+    ext = version.extensions("customers")
+    ext_features = F.extension_features(ext)
     con = connect(version)
     try:
-        parts = {name: con.execute(sql).df() for name, sql in _sql(as_of, time_zone).items()}
+        parts = {name: con.execute(sql).df()
+                 for name, sql in _sql(as_of, time_zone, vulnerable_default, tuple(ext)).items()}
     finally:
         con.close()
     df = parts.pop("base")
@@ -262,18 +280,23 @@ def compute_features(version: StoreVersion, as_of: date, state: StateConfig | No
     df[_INT_ZERO] = df[_INT_ZERO].fillna(0)
     df[_FLOAT_ZERO] = df[_FLOAT_ZERO].fillna(0.0)
     df["held_products"] = df["held_products"].fillna("")
+    df["former_client"] = df["former_client"].fillna(False).astype(bool)  # never held anything: not former
     df["declined_actions_90d"] = df["declined_actions_90d"].fillna("")
     for s in schema.CONSENT_SCOPES:
         df[f"consent_{s}"] = df[f"consent_{s}"].fillna(False).astype(bool)
+    for table in version.absent_tables:  # not in the bank's export: unknown, not zero
+        unknown = list(F.NEEDS_TABLE.get(table, ()))
+        if unknown:
+            df[unknown] = np.nan
     df["sentiment_trend"] = df["sentiment_last5"] - df["sentiment_prev5"]
     window = F.CARE_WINDOW_DAYS
     df["birthday_in_14d"] = df["days_to_birthday"] < window
     df["anniversary_in_14d"] = df["days_to_onboarding_anniversary"] < window
     df["days_to_td_maturity"] = (pd.to_datetime(df.pop("next_td_maturity")) - pd.Timestamp(as_of)).dt.days
     df["td_maturity_in_14d"] = df["days_to_td_maturity"].lt(window).fillna(False).astype(bool)
-    df = _typed(df)
+    df = _typed(df, {**F.FEATURES, **ext_features})
     df = identify(df, state or StateConfig())
-    return _round(df[list(F.COLUMNS)].sort_values("customer_id", ignore_index=True))
+    return _round(df[list(F.COLUMNS) + list(ext_features)].sort_values("customer_id", ignore_index=True))
 
 
 # Money to the cent; trends and sentiment to 4 decimals: the one rounding of stored features, so
@@ -285,20 +308,23 @@ _MONEY = [n for n, (t, _) in F.FEATURES.items()
 
 def _round(df: pd.DataFrame) -> pd.DataFrame:
     df[_MONEY] = df[_MONEY].round(2)
-    trends = [c for c in df.columns if "trend" in c or c.startswith("sentiment")]
+    trends = [c for c in df.columns if ("trend" in c or c.startswith("sentiment")) and not F.is_extension(c)]
     df[trends] = df[trends].round(4)
     return df
 
 
-def _typed(df: pd.DataFrame) -> pd.DataFrame:
-    """Contract dtypes: nullable integers, floats, booleans, strings, dates."""
-    for name, (t, _) in F.FEATURES.items():
+def _typed(df: pd.DataFrame, types: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Contract dtypes: nullable integers, floats, booleans, strings, dates. ``types``: name -> (type,
+    description), default :data:`nba.features.FEATURES`; extension booleans stay nullable."""
+    for name, (t, _) in (types or F.FEATURES).items():
         if name not in df:
             continue
         if t == "int":
             df[name] = df[name].astype("Int64")
         elif t == "float":
             df[name] = df[name].astype("float64")
+        elif t == "bool" and F.is_extension(name):
+            df[name] = df[name].astype("boolean")
         elif t == "bool":
             df[name] = df[name].astype(bool)
         elif t == "str":

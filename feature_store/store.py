@@ -15,6 +15,10 @@ A writer fills a staging folder, then renames it into ``versions/`` and finally 
 A failed or killed write therefore leaves ``CURRENT`` on the previous complete version; readers see
 the old or the new version, never a mix. Files of a version are never modified after commit, so a new
 version shares unchanged tables with its parent by hard links.
+
+Each table's manifest entry may also say ``"absent": true`` (an optional table the bank's export did not
+have, stored empty) and ``"extensions": {column: type}`` (the bank's declared extension columns its parts
+hold, after the contract's).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,6 +73,23 @@ class StoreVersion:
     def rows(self, table: str) -> int:
         return int(self._entry(table)["rows"])
 
+    def absent(self, table: str) -> bool:
+        """Whether ``table`` was absent from the bank's export (stored empty; see ``schema.OPTIONAL_TABLES``):
+        its rows are unknown, not zero. Raises ``StoreError`` for a table not in the version."""
+        return bool(self._entry(table).get("absent", False))
+
+    @property
+    def absent_tables(self) -> list[str]:
+        return [t for t in self.tables if self.absent(t)]
+
+    def extensions(self, table: str) -> dict[str, str]:
+        """The extension columns (name -> type) ``table``'s parts hold after the contract's; {} for none."""
+        return dict(self._entry(table).get("extensions", {}))
+
+    def contract(self, table: str) -> schema.Table:
+        """``table``'s contract as this version holds it: with its extension columns."""
+        return schema.extended(schema.table(table), self.extensions(table))
+
     def table_dir(self, table: str) -> Path:
         self._entry(table)
         return self.path / table
@@ -79,7 +101,7 @@ class StoreVersion:
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         entry = self._entry(table)
         parts = [self.path / table / p["file"] for p in entry["parts"]]
-        contract = schema.table(table).arrow_schema
+        contract = self.contract(table).arrow_schema
         if not parts:
             empty = contract if columns is None else pa.schema([contract.field(c) for c in columns])
             return empty.empty_table()
@@ -91,6 +113,8 @@ class StoreVersion:
         """One hash over every part of every table: the data snapshot's identity."""
         h = hashlib.sha256()
         for t in sorted(self.manifest["tables"]):
+            if self.manifest["tables"][t].get("absent"):  # absent is not the same data as empty
+                h.update(f"{t}/absent".encode())
             for p in self.manifest["tables"][t]["parts"]:
                 h.update(f"{t}/{p['sha256']}".encode())
         return h.hexdigest()
@@ -110,6 +134,12 @@ class VersionWriter:
         self.path = path
         self.parent = parent
         self._parts: dict[str, list[dict]] = {}
+        self._meta: dict[str, dict] = {}  # table -> {"extensions": {...}, "absent": bool}
+
+    def contract(self, table: str) -> schema.Table:
+        """``table``'s contract in this version: with the extension columns set by :meth:`ensure_table`
+        (or carried over by :meth:`link_from_parent`)."""
+        return schema.extended(schema.table(table), self._meta.get(table, {}).get("extensions"))
 
     def table_dir(self, table: str) -> Path:
         d = self.path / table
@@ -121,20 +151,27 @@ class VersionWriter:
         """Write one Parquet part of ``table`` (already in contract types) and return its path."""
         d = self.table_dir(table)
         part = d / f"part-{len(self._parts[table]):05d}.parquet"
-        data = data.cast(schema.table(table).arrow_schema)
+        data = data.cast(self.contract(table).arrow_schema)
         pq.write_table(data, part, compression="zstd")  # fsynced with the whole version at commit
         self._parts[table].append({"file": part.name, "rows": data.num_rows, "sha256": _sha256(part)})
         return part
 
-    def ensure_table(self, table: str) -> None:
-        """Declare ``table`` present even if it received no rows (an empty table)."""
+    def ensure_table(self, table: str, extensions: Mapping[str, str] | None = None, absent: bool = False) -> None:
+        """Declare ``table`` present even if it received no rows (an empty table). ``extensions``: the
+        extension columns (name -> type) its parts hold (None: keep those carried over from the parent);
+        ``absent``: the bank's export does not have the table (it stays empty). Call before :meth:`write_part`."""
         self.table_dir(table)
+        meta = self._meta.setdefault(table, {})
+        if extensions is not None:
+            meta["extensions"] = dict(extensions)
+        meta["absent"] = absent
 
     def link_from_parent(self, table: str) -> None:
         """Carry the parent version's ``table`` over unchanged (hard links: no copy, no rewrite)."""
         if self.parent is None or table not in self.parent.tables:
             raise StoreError(f"no previous version of table {table!r} to carry over")
         d = self.table_dir(table)
+        self._meta[table] = {"extensions": self.parent.extensions(table), "absent": self.parent.absent(table)}
         for p in self.parent.manifest["tables"][table]["parts"]:
             src = self.parent.path / table / p["file"]
             dst = d / f"part-{len(self._parts[table]):05d}.parquet"
@@ -151,10 +188,14 @@ class VersionWriter:
         return list(self._parts.get(table, []))
 
     def manifest(self, source: str) -> dict:
-        tables = {
-            t: {"rows": sum(p["rows"] for p in parts), "parts": parts}
-            for t, parts in sorted(self._parts.items())
-        }
+        tables = {}
+        for t, parts in sorted(self._parts.items()):
+            tables[t] = {"rows": sum(p["rows"] for p in parts), "parts": parts}
+            meta = self._meta.get(t, {})
+            if meta.get("extensions"):
+                tables[t]["extensions"] = meta["extensions"]
+            if meta.get("absent"):
+                tables[t]["absent"] = True
         return {
             "schema_version": schema.SCHEMA_VERSION,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

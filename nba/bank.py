@@ -1,4 +1,5 @@
-"""The bank's own settings that every stage shares: today its time zone (``configs/bank.yaml``).
+"""The bank's own settings that every stage shares (``configs/bank.yaml``): its time zone, how fresh its
+data must be, the extension columns its export adds to the contract, and what a missing value means.
 
 A bank works in its own zone. Timestamps are stored as instants (naive UTC in the store); what "before
 day D" means, for features, consents, declines, complaints, the daily run and the ingest's "not in the
@@ -10,10 +11,12 @@ from __future__ import annotations
 import functools
 from datetime import date, datetime, time, timezone
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nba import schema
 from nba.config import load_yaml
 
 
@@ -26,12 +29,45 @@ class Freshness(BaseModel):
     max_days: int = Field(30, ge=0, description="refuse (unless forced) past this many days")
 
 
+ExtensionType = Literal["int", "float", "bool", "str"]
+
+
+class Extensions(BaseModel):
+    """Columns a bank's export has beyond the contract, declared with their type (``int``, ``float``,
+    ``bool``, ``str``): ``customers: {credit_score: float, region: str}``. Declared columns are accepted
+    (optional and nullable), validated like contract columns and stored; each customer column becomes
+    the feature ``x_<name>`` and a model input. Undeclared extra columns are refused at ingest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    customers: dict[str, ExtensionType] = {}
+    products: dict[str, ExtensionType] = {}
+
+    @model_validator(mode="after")
+    def _names(self):
+        schema.check_extensions(self.as_dict())
+        return self
+
+    def as_dict(self) -> dict[str, dict[str, str]]:
+        """table -> {column: type}, declared tables only."""
+        return {t: dict(cols) for t, cols in (("customers", self.customers), ("products", self.products)) if cols}
+
+
+class MissingValues(BaseModel):
+    """What the engine assumes where the bank's export has no value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    vulnerable: bool = Field(True, description="customers.vulnerable missing: treat the client as vulnerable "
+                                               "(protected: RM review, no product above the protected risk level)")
+
+
 class BankConfig(BaseModel):
     """``configs/bank.yaml``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     time_zone: str = Field("UTC", description="IANA time zone of the bank, e.g. Asia/Shanghai, America/Chicago")
     data_freshness: Freshness = Freshness()
+    extensions: Extensions = Extensions()
+    missing_values: MissingValues = MissingValues()
 
     @field_validator("time_zone")
     @classmethod

@@ -10,6 +10,7 @@ Action ids: ``offer:<product_id>`` (variants: their own id), ``care:<name>``, ``
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -89,6 +90,9 @@ class ProductOffers(_Strict):
     lever: float = Field(1.0, gt=0)
     products: dict[str, ProductOverride] = {}
     variants: list[Variant] = []
+    unknown_products: Literal["warn", "error"] = Field(
+        "warn", description="an override or variant naming a product the bank's product table lacks: skipped "
+                            "with a warning (Catalog.warnings), or 'error' to refuse the catalog")
 
 
 class CareContact(_Strict):
@@ -132,9 +136,25 @@ class RetentionOffer(_Strict):
     cooldown_days: int = Field(90, ge=0)
 
 
+class WinBack(_Strict):
+    """A contact inviting a former client (every holding closed) back. Off by default; offered only with
+    marketing consent, within ``max_days_since_left`` of the last closure. Action id ``retention:win_back``."""
+
+    enabled: bool = False
+    return_rate: float = Field(0.05, gt=0, le=1, description="probability that a contacted former client returns")
+    value: float = Field(300.0, ge=0, description="value of a returning client, in the bank's currency")
+    cost: float = Field(1.0, ge=0)
+    max_days_since_left: int = Field(365, ge=1, description="days since the last holding closed")
+    channels: list[Channel] = ["email", "app", "sms"]
+    cooldown_days: int = Field(180, ge=0)
+
+
 class RetentionOffers(_Strict):
     value_years: float = Field(2.0, gt=0)
+    balance_margin: float = Field(0.01, ge=0, description="annual margin per unit of balance (assets and "
+                                                          "liabilities) kept when a client stays")
     offers: dict[str, RetentionOffer] = {}
+    win_back: WinBack = WinBack()
 
 
 class CatalogConfig(_Strict):
@@ -163,6 +183,7 @@ class Action:
     lever: float = 1.0          # product offers: business lever on the margin
     care: CareContact | None = None
     retention: RetentionOffer | None = None
+    win_back: WinBack | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,7 @@ class Catalog:
     config: CatalogConfig
     actions: tuple[Action, ...]
     products: pd.DataFrame      # the bank's product table, indexed by product_id
+    warnings: tuple[str, ...] = ()  # overrides and variants skipped (a product the table lacks)
 
     @property
     def policy(self) -> Policy:
@@ -187,14 +209,21 @@ def load_catalog_config(path: Path | None = None) -> CatalogConfig:
 
 
 def resolve(config: CatalogConfig, products: pd.DataFrame) -> Catalog:
-    """One :class:`Action` per product offer (enabled products of the table), variant, care contact and
-    retention offer. Overrides and variants naming a product the bank does not have are errors."""
+    """One :class:`Action` per product offer (every product of the table unless its override disables it),
+    variant, care contact and retention offer.
+
+    An override (``product_offers.products.<id>``) or variant naming a product the table lacks affects
+    that entry only: it is skipped and named in ``Catalog.warnings`` (with the config key and the nearest
+    product ids), or, with ``product_offers.unknown_products: error``, ``ConfigError`` names them all.
+    Raises ``ConfigError`` for duplicate action ids."""
     products = products.set_index("product_id", drop=False).sort_index()
     po = config.product_offers
-    for pid in list(po.products) + [v.product_id for v in po.variants]:
-        if pid not in products.index:
-            raise ConfigError(f"actions config: product_offers names product {pid!r}, which is not in the "
-                              f"products table ({len(products)} products)")
+    problems = [_unknown_product(f"product_offers.products.{pid}", pid, products.index)
+                for pid in po.products if pid not in products.index]
+    problems += [_unknown_product(f"product_offers.variants[{i}] ({v.id})", v.product_id, products.index)
+                 for i, v in enumerate(po.variants) if v.product_id not in products.index]
+    if problems and po.unknown_products == "error":
+        raise ConfigError("actions config: " + "; ".join(problems))
     actions: list[Action] = []
     for pid in products.index:
         o = po.products.get(pid, ProductOverride())
@@ -204,6 +233,8 @@ def resolve(config: CatalogConfig, products: pd.DataFrame) -> Catalog:
                               po.cost if o.cost is None else o.cost, po.cooldown_days, pid,
                               po.lever * (o.lever or 1.0)))
     for v in po.variants:
+        if v.product_id not in products.index:
+            continue  # skipped, with a warning
         actions.append(Action(v.id, "product_offer", tuple(v.channels or po.channels), po.cost + v.cost,
                               po.cooldown_days, v.product_id, po.lever * v.lever))
     for name, c in config.care_contacts.items():
@@ -211,11 +242,22 @@ def resolve(config: CatalogConfig, products: pd.DataFrame) -> Catalog:
     for name, r in config.retention_offers.offers.items():
         actions.append(Action(f"retention:{name}", "retention_offer", tuple(r.channels), r.cost, r.cooldown_days,
                               retention=r))
+    wb = config.retention_offers.win_back
+    if wb.enabled:
+        actions.append(Action("retention:win_back", "retention_offer", tuple(wb.channels), wb.cost, wb.cooldown_days,
+                              win_back=wb))
     ids = [a.action_id for a in actions]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise ConfigError(f"actions config: duplicate action ids {sorted(dup)}")
-    return Catalog(config, tuple(actions), products)
+    return Catalog(config, tuple(actions), products,
+                   warnings=tuple(f"actions config: {p}: skipped" for p in problems))
+
+
+def _unknown_product(key: str, pid: str, known: pd.Index) -> str:
+    near = difflib.get_close_matches(pid, [str(k) for k in known], n=3)
+    return (f"{key} names product {pid!r}, which is not in the products table ({len(known)} products"
+            + (f"; did you mean {', '.join(near)}?)" if near else ")"))
 
 
 def load_catalog(products: pd.DataFrame, path: Path | None = None) -> Catalog:

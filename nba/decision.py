@@ -40,8 +40,8 @@ import pandas as pd
 from nba.catalog import Catalog
 from nba.schema import CHANNELS
 
-RULES = ("eligibility", "already_held", "suitability", "complaint_first", "consent", "cooldown", "contact_cap",
-         "one_per_day")
+RULES = ("former_client", "eligibility", "already_held", "suitability", "complaint_first", "consent", "cooldown",
+         "contact_cap", "one_per_day")
 DECISION_COLUMNS = ("date", "rm_id", "customer_id", "action_family", "action_id", "product_id", "channel",
                     "priority", "propensity", "value", "reasons", "talking_points", "policy_trace",
                     "model_version", "control_group", "decision_id", "in_person", "rm_review", "feature_hash",
@@ -135,6 +135,10 @@ def _s(df, col: str) -> np.ndarray:
     if isinstance(s, pd.Series):
         return s.astype(str).to_numpy()
     return np.array([str(v) for v in s], dtype=object)
+
+
+def _has(df, col: str) -> bool:
+    return col in (df.columns if isinstance(df, pd.DataFrame) else df)
 
 
 def _records(df) -> list[dict]:
@@ -408,9 +412,12 @@ def _care_triggers(feats, catalog: Catalog, day: date) -> dict[str, np.ndarray]:
         if c.trigger == "birthday":
             t = _b(feats, "birthday_in_14d")
         elif c.trigger == "silence":
-            # No outbound contact on record counts as silence once the client is older than the window.
+            # No outbound contact on record counts as silence once the client is older than the window;
+            # an unknown contact history (no interactions in the export: outbound_30d null) does not.
             since = _f(feats, "days_since_last_outbound", np.nan)
-            t = np.where(np.isnan(since), _f(feats, "tenure_days", 0) >= c.silence_days, since >= c.silence_days)
+            known = ~np.isnan(_f(feats, "outbound_30d", np.nan))
+            t = np.where(np.isnan(since), known & (_f(feats, "tenure_days", 0) >= c.silence_days),
+                         since >= c.silence_days)
         elif c.trigger == "complaint":
             t = (_f(feats, "open_complaints", 0) > 0) | (_f(feats, "days_since_resolved_complaint", np.inf) <= c.within_days)
         elif c.trigger == "td_maturity":
@@ -442,7 +449,7 @@ def score(f, catalog: Catalog, inputs: Inputs, history: _History, day: date,
 
 
 #: The rules :func:`day_scores` applies (the others need the contact history or a request).
-DAY_RULES = RULES[:5]
+DAY_RULES = ("former_client", "eligibility", "already_held", "suitability", "complaint_first", "consent")
 
 
 class DayScores(dict):
@@ -468,6 +475,13 @@ def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
     held = held_matrix(f, prods.index)
     margins = S.margins
     client_margin = held.astype(float) @ margins
+    # What the bank stands to lose if the client leaves (currency, over value_years): the margins of the
+    # products held plus a margin on the balances (assets and liabilities), which a bank's export may
+    # carry when its product margins are unknown.
+    ro = catalog.config.retention_offers
+    balances = _nan0(_f(f, "total_assets", 0)) + _nan0(_f(f, "total_liabilities", 0)) if _has(f, "total_liabilities") \
+        else _nan0(_f(f, "total_assets", 0))
+    at_risk = (client_margin + ro.balance_margin * balances) * ro.value_years
     health = _f(f, "health_score", 50)
     churn = inputs.churn
     assets = _f(f, "total_assets", 0)
@@ -487,8 +501,14 @@ def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
         & ~np.isnan(pp[:, S.prod[offer_cols]])
     triggers = _care_triggers(f, catalog, day)
     churn0 = _nan0(churn)
+    former = _b(f, "former_client") if _has(f, "former_client") else np.zeros(n, bool)
     for j, a in enumerate(catalog.actions):
-        if a.care is not None:
+        if a.win_back is not None:
+            wb = a.win_back
+            P[:, j] = wb.return_rate
+            V[:, j] = wb.value
+            elig[:, j] = former & (_f(f, "days_since_left", np.inf) <= wb.max_days_since_left)
+        elif a.care is not None:
             t = triggers[a.action_id]
             P[:, j] = np.where(t, a.care.base_rate * (1 + a.care.health_weight * (1 - health / 100)), 0.0)
             V[:, j] = a.care.value
@@ -496,9 +516,9 @@ def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
         elif a.retention is not None:
             r = a.retention
             P[:, j] = churn0 * r.save_rate
-            V[:, j] = client_margin * catalog.config.retention_offers.value_years
+            V[:, j] = at_risk
             elig[:, j] = ~np.isnan(churn) & (churn0 >= r.min_churn) & (assets >= r.min_assets) \
-                & (client_margin > 0)
+                & (at_risk > 0)
 
     # --- hard policies, in order; removed_by: the first rule that removed the action (0: passed) -----
     removed_by = np.zeros((n, A), np.int8)
@@ -507,6 +527,10 @@ def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
         hit = removes & (removed_by == 0)
         removed_by[hit] = RULES.index(rule) + 1
 
+    # A former client (every holding closed) gets no care contact, offer, retention offer or capacity;
+    # only the win-back contact, when it is enabled.
+    is_win_back = np.array([a.win_back is not None for a in catalog.actions])
+    apply("former_client", former[:, None] & ~is_win_back[None, :])
     apply("eligibility", ~elig)
     is_offer = S.fam == 0
     held_a = np.zeros((n, A), bool)
@@ -785,6 +809,7 @@ TALKING_POINT_CODES: dict[str, tuple[str, ...]] = {
     "birthday_in": ("days", "turns"), "silence_never": ("tenure_days",), "silence": ("days",),
     "complaint_open": (), "complaint_open_severity": ("severity",), "complaint_resolved": ("days",),
     "td_maturity": ("days",), "anniversary": ("years", "days"), "holiday": (), "health": ("health", "stage"),
+    "win_back": ("days",),
 }
 
 
@@ -840,6 +865,12 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
                     f"{int(r['risk_tolerance'])} (assessed {int(r['risk_assessment_age_days'])} days ago)",
                     "offer_suitable", level=int(p["risk_level"]), tolerance=int(r["risk_tolerance"]),
                     assessed_days=int(r["risk_assessment_age_days"]))
+        elif a.win_back is not None:
+            codes.append("former_client")
+            left = r.get("days_since_left")
+            days = int(left) if pd.notna(left) else 0
+            say(f"Left the bank {days} days ago (every product closed); marketing consent in force: invite them "
+                f"back", "win_back", days=days)
         elif a.family == "retention_offer":
             codes.append("churn_risk")
             facts = [f"Churn risk {_pct(churn[i])}"]

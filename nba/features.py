@@ -4,12 +4,19 @@ Point-in-time rule: features "at as_of D" see only what was known before D began
 with ``ts < D 00:00`` and dates ``< D``; a complaint resolved on or after D is open at D, and a holding
 closed on or after D is held at D. Balances at a past date t are ``balance - sum(movements at or after
 t)`` over the holdings opened before t.
+
+Unknown is not zero: the features computed from a table the bank's export does not have
+(:data:`NEEDS_TABLE`) are null, and the bank's declared extension columns on customers are features
+``x_<column>`` after :data:`COLUMNS` (:func:`extension_features`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from nba.schema import CHANNELS, CONSENT_SCOPES, PRODUCT_CATEGORIES
 
+# 'other' and 'insurance' are neither assets nor liabilities.
 ASSET_CATEGORIES = ("deposit", "term_deposit", "fund", "wealth")
 LIABILITY_CATEGORIES = ("card", "loan", "mortgage")
 CARE_WINDOW_DAYS = 14
@@ -24,14 +31,18 @@ FEATURES: dict[str, tuple[str, str]] = {
     "segment": ("str", "mass / affluent / private"),
     "income_band": ("str", "income band label"),
     "income_band_ord": ("int", "income band as 0 (low) .. 4 (high)"),
-    "risk_tolerance": ("int", "risk tolerance 1-5"),
+    "risk_tolerance": ("int", "risk tolerance 1-5 (null: not assessed)"),
     "risk_assessment_age_days": ("int", "days since the last risk assessment (null: never or not yet known)"),
-    "vulnerable": ("bool", "flagged vulnerable"),
+    "vulnerable": ("bool", "flagged vulnerable; where the export does not say, configs/bank.yaml "
+                           "missing_values.vulnerable decides (default: vulnerable)"),
+    "vulnerable_known": ("bool", "the export says whether the client is vulnerable (false: unknown, the default applies)"),
     "n_products": ("int", "distinct products held at as_of"),
     **{f"n_products_{c}": ("int", f"{c} products held") for c in PRODUCT_CATEGORIES},
     "held_products": ("str", "'|'-joined product ids held at as_of"),
     "products_opened_180d": ("int", "holdings opened in the 180 days before as_of (onboarding excluded)"),
     "products_closed_90d": ("int", "holdings closed in the 90 days before as_of"),
+    "former_client": ("bool", "left the bank: held products before as_of, every one closed before as_of"),
+    "days_since_left": ("int", "days since the last holding of a former client closed (null: not former)"),
     **{f"balance_{c}": ("float", f"{c} balance at as_of") for c in PRODUCT_CATEGORIES},
     **{f"balance_{c}_trend_{w}d": ("float", f"relative change of the {c} balance over {w} days")
        for c in PRODUCT_CATEGORIES for w in (30, 90)},
@@ -76,7 +87,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     **{f"consent_{s}": ("bool", f"consent in force for {s} (no record = not allowed)") for s in CONSENT_SCOPES},
 }
 
-LIFECYCLE_STAGES = ("new", "growing", "mature", "declining", "dormant")
+LIFECYCLE_STAGES = ("new", "growing", "mature", "declining", "dormant", "former")
 COMPLAINT_STATES = ("none", "open", "recently_resolved")
 EMOTIONAL_STATES = ("positive", "neutral", "negative", "escalating")
 
@@ -89,6 +100,39 @@ STATE: dict[str, tuple[str, str]] = {
 }
 
 COLUMNS: tuple[str, ...] = tuple(FEATURES) + tuple(STATE)
+
+# Features computed from a table the bank's export may leave out (nba.schema.OPTIONAL_TABLES): null when
+# the store version marks the table absent (unknown), where an empty table gives 0. Balances are the
+# holdings' balances either way; without transactions they cannot be rebuilt at past dates, so their
+# trends are unknown. Consents have none: without a record no contact is allowed (consent_* false).
+NEEDS_TABLE: dict[str, tuple[str, ...]] = {
+    "transactions": ("txn_30d", "txn_90d", "days_since_last_txn", "inflow_90d", "outflow_90d",
+                     *(f"balance_{c}_trend_{w}d" for c in PRODUCT_CATEGORIES for w in (30, 90)),
+                     "total_assets_trend_30d", "total_assets_trend_90d"),
+    "interactions": (*(f"interactions_90d_{ch}" for ch in CHANNELS), *(f"days_since_{ch}" for ch in CHANNELS),
+                     "inbound_90d", "outbound_90d", "outbound_30d", "days_since_last_outbound",
+                     "days_since_last_contact", "escalations_30d", "sentiment_last5", "sentiment_prev5",
+                     "sentiment_trend", "sentiment_min_last5", "rated_contacts"),
+    "complaints": ("open_complaints", "open_complaint_max_severity", "days_since_resolved_complaint",
+                   "complaints_365d"),
+    "consents": (),
+}
+
+EXTENSION_PREFIX = "x_"
+
+
+def extension_features(columns: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The features of the customers' extension columns (name -> type: int, float, bool or str, as
+    declared under ``extensions.customers`` in ``configs/bank.yaml`` and kept by the store version):
+    ``x_<name>`` -> (type, description), in declaration order. Their values are the customer's, as
+    exported (null where the export has none)."""
+    return {f"{EXTENSION_PREFIX}{n}": (t, f"the bank's own customers.{n} ({t}, an extension column)")
+            for n, t in columns.items()}
+
+
+def is_extension(name: str) -> bool:
+    """Whether the feature column ``name`` is one of the bank's extension columns (``x_<name>``)."""
+    return name.startswith(EXTENSION_PREFIX)
 
 # Label columns of training frames.
 LABEL_OPENED = "label_opened_products"

@@ -7,11 +7,45 @@ of the averages (the LightGCN / Recommenders convention).
 - ``recall@K = hits / |relevant|``
 - ``precision@K = hits / K``
 - ``ndcg@K = DCG / IDCG`` with gains ``1 / log2(rank + 2)`` and ``IDCG`` over ``min(|relevant|, K)`` items.
+
+A top-K list cannot be longer than the catalogue: callers cap every K at the number of items with
+:func:`cap_ks` / :func:`capped_metric`, and a K above the catalogue size is then evaluated at the catalogue
+size and reported under that K's name (``recall@10`` on a 5-product catalogue is ``recall@5``), so a
+metric's name always states the cut-off it was computed at.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def cap_ks(ks, n_items: int) -> list[int]:
+    """The cut-offs ``ks`` with each K capped at the catalogue size ``n_items``, sorted and without
+    duplicates (``[1, 3, 5, 10]`` with 5 items gives ``[1, 3, 5]``). Raises ``ValueError`` when
+    ``n_items`` or a K is below 1."""
+    ks = [int(k) for k in ks]
+    if n_items < 1:
+        raise ValueError(f"cannot rank a catalogue of {n_items} items")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"cut-offs must be at least 1, got {ks}")
+    return sorted({min(k, n_items) for k in ks})
+
+
+def metric_k(name: str) -> int | None:
+    """The cut-off of a ranking metric's name (``"recall@10"`` -> 10), or None for a name without one."""
+    kind, sep, k = name.partition("@")
+    if not sep:
+        return None
+    if not kind or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"metric {name!r}: expected <name>@<K> with K >= 1")
+    return int(k)
+
+
+def capped_metric(name: str, n_items: int) -> str:
+    """``name`` with its K capped at ``n_items`` (``"recall@10"``, 5 items -> ``"recall@5"``); names
+    without a cut-off are returned as they are."""
+    k = metric_k(name)
+    return name if k is None else f"{name.partition('@')[0]}@{cap_ks([k], n_items)[0]}"
 
 
 def _hits(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.ndarray, n_items: int) -> np.ndarray:
@@ -28,13 +62,19 @@ def ranking_metrics(topk: np.ndarray, truth_users: np.ndarray, truth_items: np.n
                     ks: tuple[int, ...] = (10, 20), with_map: bool = False) -> dict[str, float]:
     """recall@K, precision@K and ndcg@K for each K in ``ks`` (K <= topk.shape[1]), averaged over the
     users with at least one relevant item; with ``with_map``, also map@K: the sum of precision at each
-    hit within K divided by the user's number of relevant items (Recommenders' classic ``map_at_k``)."""
+    hit within K divided by the user's number of relevant items (Recommenders' classic ``map_at_k``).
+
+    ``topk`` is ``[n_users, L]`` item indices; ``truth_users`` / ``truth_items`` are ``[n]`` rows of
+    ``topk`` and item indices. Raises ``ValueError`` when a K exceeds ``L`` (cap the ks at the catalogue
+    size first: :func:`cap_ks`) or when no user has a relevant item. Returns the metrics by name
+    (``"recall@5"``...) and ``users_evaluated``."""
     topk = np.asarray(topk)
     truth_users, truth_items = np.asarray(truth_users), np.asarray(truth_items)
     if topk.ndim != 2:
         raise ValueError(f"topk must be [n_users, K], got shape {topk.shape}")
     if max(ks) > topk.shape[1]:
-        raise ValueError(f"asked for @{max(ks)} but topk holds only {topk.shape[1]} items per user")
+        raise ValueError(f"asked for @{max(ks)} but topk holds only {topk.shape[1]} items per user "
+                         f"(cap K at the catalogue size: nba.metrics.cap_ks)")
     n_users = topk.shape[0]
     pairs = np.unique(truth_users.astype(np.int64) * n_items + truth_items.astype(np.int64))
     n_rel = np.bincount((pairs // n_items).astype(np.int64), minlength=n_users)[:n_users]

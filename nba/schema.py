@@ -10,10 +10,15 @@ Conventions
 - ``holdings.balance`` is the balance at extraction time; ``transactions`` carry the movements, so the
   balance at any earlier date is ``balance - sum(amount after that date)`` (point-in-time correct).
 - A list-valued cell (``products.eligible_segments``) is written ``mass|affluent``.
+- A bank's export may leave out the tables of :data:`OPTIONAL_TABLES` (stored empty and marked absent:
+  the features computed from them are null) and :data:`ENGINE_TABLES` (stored empty), and may add the
+  extension columns it declares on :data:`EXTENSION_TABLES` (:func:`extended`, ``configs/bank.yaml``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -49,6 +54,7 @@ SEGMENTS = ("mass", "affluent", "private")
 INCOME_BANDS = ("low", "lower_middle", "middle", "upper_middle", "high")
 PRODUCT_CATEGORIES = (
     "deposit", "term_deposit", "card", "loan", "mortgage", "fund", "insurance", "wealth",
+    "other",  # anything else a bank sells (a safe deposit box, a pension): its risk level still applies
 )
 CHANNELS = ("branch", "phone", "email", "sms", "app", "wechat")
 CONSENT_SCOPES = CHANNELS + ("marketing",)
@@ -174,12 +180,16 @@ CUSTOMERS = Table(
         _c("birth_date", D, not_in_future=True),
         _c("segment", S, allowed=SEGMENTS),
         _c("income_band", S, allowed=INCOME_BANDS),
-        _c("risk_tolerance", I, min=1, max=5),
-        _c("risk_assessed_at", D, nullable=True, not_in_future=True,
+        _c("risk_tolerance", I, nullable=True, required=False, min=1, max=5,
+           doc="risk tolerance 1-5; null (or the column left out): not assessed, so suitability blocks every "
+               "product that needs an assessment"),
+        _c("risk_assessed_at", D, nullable=True, required=False, not_in_future=True,
            doc="date of the last suitability (risk) assessment; null if never assessed"),
         _c("onboarded_at", D, not_in_future=True),
         _c("rm_id", S),
-        _c("vulnerable", B),
+        _c("vulnerable", B, nullable=True, required=False,
+           doc="flagged vulnerable; null (or the column left out): unknown, treated as configs/bank.yaml "
+               "missing_values.vulnerable says (default: vulnerable)"),
     ),
     primary_key=("customer_id",),
     foreign_keys=(ForeignKey(("rm_id",), "relationship_managers", ("rm_id",)),),
@@ -323,8 +333,60 @@ TABLES: dict[str, Table] = {
 }
 
 
+#: Tables a bank's export may leave out. An absent table is stored empty and marked absent in the store
+#: version; the features computed from it are null (unknown), not zero (``nba.features.NEEDS_TABLE``).
+#: Consents stay strict: without a ``consents`` table no client has consented to anything.
+OPTIONAL_TABLES = ("transactions", "interactions", "complaints", "consents")
+#: Tables the engine fills itself (the outcomes of its decisions): an export may leave them out (stored empty).
+ENGINE_TABLES = ("action_outcomes",)
+
+#: Tables on which a bank may declare extension columns (``extensions`` in ``configs/bank.yaml``).
+EXTENSION_TABLES = ("customers", "products")
+#: Types an extension column may be declared with.
+EXTENSION_TYPES: dict[str, DType] = {"int": DType.INT, "float": DType.FLOAT, "bool": DType.BOOL, "str": DType.STRING}
+EXTENSION_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+
+
 def table(name: str) -> Table:
     try:
         return TABLES[name]
     except KeyError:
         raise KeyError(f"unknown table {name!r} (contract tables: {', '.join(TABLES)})") from None
+
+
+def check_extensions(extensions: Mapping[str, Mapping[str, str]]) -> None:
+    """Raise ``ValueError`` naming ``extensions.<table>.<column>`` when a declaration is not allowed: a table
+    other than :data:`EXTENSION_TABLES`, a name that is not lower-case ``[a-z][a-z0-9_]*``, a contract
+    column's name, or a type outside :data:`EXTENSION_TYPES`."""
+    for tname, cols in extensions.items():
+        if tname not in EXTENSION_TABLES:
+            raise ValueError(f"extensions.{tname}: extension columns are allowed on {', '.join(EXTENSION_TABLES)} "
+                             f"only, not on {tname!r}")
+        for name, kind in cols.items():
+            where = f"extensions.{tname}.{name}"
+            if not re.fullmatch(EXTENSION_NAME, str(name)):
+                raise ValueError(f"{where}: a column name must be lower-case letters, digits and _, starting with a "
+                                 "letter (at most 63 characters)")
+            if name in TABLES[tname].column_names:
+                raise ValueError(f"{where}: {name!r} is already a contract column of {tname}")
+            if kind not in EXTENSION_TYPES:
+                raise ValueError(f"{where}: type {kind!r} is not one of {', '.join(EXTENSION_TYPES)}")
+
+
+def extended(tbl: Table, columns: Mapping[str, str] | None) -> Table:
+    """``tbl`` with the bank's extension ``columns`` (name -> type, :data:`EXTENSION_TYPES`) after the
+    contract's own. Extension columns are optional (a file may leave them out) and nullable. Raises
+    ``ValueError`` (see :func:`check_extensions`)."""
+    if not columns:
+        return tbl
+    check_extensions({tbl.name: columns})
+    extra = tuple(Column(n, EXTENSION_TYPES[k], nullable=True, required=False,
+                         doc=f"extension column ({k}) declared in configs/bank.yaml") for n, k in columns.items())
+    return Table(tbl.name, tbl.columns + extra, tbl.primary_key, tbl.foreign_keys, tbl.ordered, tbl.doc)
+
+
+def tables(extensions: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Table]:
+    """:data:`TABLES` with the declared extension columns (table -> {column: type}) added."""
+    extensions = extensions or {}
+    check_extensions(extensions)
+    return {name: extended(t, extensions.get(name)) for name, t in TABLES.items()}

@@ -3,7 +3,8 @@
 Four states, each with the rule that fired and the feature values behind it (``state_evidence``, one
 JSON object per customer), so that an RM can be shown why:
 
-- lifecycle stage: dormant (no products) > new > dormant (went quiet) > declining > growing > mature;
+- lifecycle stage: former (left the bank: every holding closed before as_of) > dormant (no products) > new >
+  dormant (went quiet) > declining > growing > mature;
 - relationship health score 0-100: a transparent sum of named components;
 - complaint state: open / recently_resolved / none;
 - emotional state from recent contact sentiment: escalating > negative > positive > neutral.
@@ -61,6 +62,7 @@ def identify(df: pd.DataFrame, cfg: StateConfig) -> pd.DataFrame:
     opened180, closed90 = f("products_opened_180d"), f("products_closed_90d")
     open_c, since_resolved = f("open_complaints"), f("days_since_resolved_complaint")
     sent, sent_trend, escal = f("sentiment_last5"), f("sentiment_trend"), f("escalations_30d")
+    contacts_known = (f("outbound_30d").notna() if "outbound_30d" in df else pd.Series(True, index=df.index)).to_numpy()
 
     # --- lifecycle stage ---------------------------------------------------------------------------
     silent_long = since_contact.isna() | (since_contact > cfg.dormant_silence_days)
@@ -69,14 +71,19 @@ def identify(df: pd.DataFrame, cfg: StateConfig) -> pd.DataFrame:
     dormant = (n_products == 0) | (~new & (txn90 == 0) & (inbound90 == 0) & silent_long)
     declining = (trend90 <= cfg.declining_assets_trend_90d) | ((closed90 > 0) & (closed90 > opened180))
     growing = (opened180 > 0) | (trend90 >= cfg.growing_assets_trend_90d)
-    stage = np.select([dormant, new, declining, growing], ["dormant", "new", "declining", "growing"], "mature")
+    former = df["former_client"].fillna(False).astype(bool).to_numpy() if "former_client" in df else np.zeros(n, bool)
+    left = f("days_since_left") if "days_since_left" in df else pd.Series(np.nan, index=df.index)
+    stage = np.select([former, dormant, new, declining, growing], ["former", "dormant", "new", "declining", "growing"],
+                      "mature")
     stage = pd.Series(stage, index=df.index)
     lifecycle_ev = _obj(stage, {
         "tenure_days": tenure, "n_products": n_products, "total_assets_trend_90d": trend90,
         "products_opened_180d": opened180, "products_closed_90d": closed90,
-        "days_since_last_contact": since_contact, "txn_90d": txn90,
+        "days_since_last_contact": since_contact, "txn_90d": txn90, "days_since_left": left,
     }, masks={
+        "days_since_left": (stage == "former").to_numpy(),
         "tenure_days": (stage.isin(["new", "mature"])).to_numpy(),
+        "n_products": (stage != "former").to_numpy(),
         "txn_90d": (stage == "dormant").to_numpy(),
         "days_since_last_contact": (stage == "dormant").to_numpy(),
         "products_opened_180d": (stage == "growing").to_numpy(),
@@ -113,11 +120,13 @@ def identify(df: pd.DataFrame, cfg: StateConfig) -> pd.DataFrame:
         "base": np.full(n, 60.0),
         "breadth": 5.0 * np.minimum(n_products.fillna(0), 5),
         "recent_contact": np.where(since_contact.le(90).fillna(False), 10.0, 0.0),
-        "silence": np.where(since_out.isna() | (since_out > cfg.silence_days), -10.0, 0.0),
+        # No outbound contact on record counts as silence only where contacts are on record at all (a
+        # bank that exported no interactions has outbound_30d null: unknown, not silent).
+        "silence": np.where(contacts_known & (since_out.isna() | (since_out > cfg.silence_days)), -10.0, 0.0),
         "complaint": np.select([complaint == "open", complaint == "recently_resolved"], [-20.0, -8.0], 0.0),
         "sentiment": 15.0 * sent.fillna(0).clip(-1, 1),
         "assets_falling": np.where(trend90 <= cfg.declining_assets_trend_90d, -15.0, 0.0),
-        "dormant": np.where(stage == "dormant", -10.0, 0.0),
+        "dormant": np.where(stage.isin(["dormant", "former"]), -10.0, 0.0),
     }, index=df.index)
     health = comp.sum(axis=1).clip(0, 100).round(1)
     health_ev = _obj(pd.Series("sum_of_components", index=df.index),

@@ -285,6 +285,8 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     stale = _staleness(version, day, force, log)
     products = version.read("products").to_pandas()
     catalog = load_catalog(products, catalog_path)
+    for w in catalog.warnings:  # an override or variant for a product the bank lacks: skipped
+        log("warning: " + w)
     rms = version.read("relationship_managers").to_pandas()
     capacity = dict(zip(rms["rm_id"].astype(str), rms["daily_capacity"].astype(int)))
     feats = features_at(home, day, version)
@@ -313,7 +315,8 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
 
     t = time.perf_counter()
     path = write(home, day, decisions, {"model": label, "store_version": version.name, **stale, "catalog": str(catalog_path or
-                 "configs/actions.yaml"), "clients": len(feats), "ray_address": address, "ledger": redact(ledger.url)},
+                 "configs/actions.yaml"), "catalog_warnings": list(catalog.warnings), "clients": len(feats),
+                 "ray_address": address, "ledger": redact(ledger.url)},
                  _kill_at=_kill_at, states=states_frame(feats, inputs.churn))
     seconds["write"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -34,6 +34,7 @@ from feature_store.outcomes import decision_outcomes
 from feature_store.store import TableStore
 from nba.catalog import Catalog, load_catalog
 from nba.decision import (
+    DAY_RULES,
     RULES,
     DayScores,
     Inputs,
@@ -368,8 +369,7 @@ class DecisionService:
         else:  # the online store moved on before this state was reloaded
             d = day_scores(_columns(rows.records, state.kinds), state.catalog, self.inputs(rows.ids, state), state.day)
         rb = d["removed_by"][0]
-        blocking = {RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability", "complaint_first",
-                                                  "consent")}
+        blocking = {RULES.index(r) + 1 for r in DAY_RULES}
         best: dict[str, dict] = {}
         for j, a in enumerate(state.catalog.actions):
             if a.family != "product_offer":
@@ -438,8 +438,7 @@ class DecisionService:
                             d = day_scores(_columns(recs, state.kinds), state.catalog, self.inputs(ids, state),
                                            state.day)
                         passed &= ~np.isin(d["removed_by"][:, offer],
-                                           [RULES.index(r) + 1 for r in ("eligibility", "already_held", "suitability",
-                                                                         "complaint_first")])
+                                           [RULES.index(r) + 1 for r in DAY_RULES if r != "consent"])
                     ok.loc[np.asarray(ids, dtype=object)[passed]] = True
                 keep = ok.reindex(aud["customer_id"]).fillna(False).to_numpy()
             aud = aud[keep]

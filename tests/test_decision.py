@@ -377,6 +377,7 @@ def test_catalog_errors_name_the_field(tmp_path):
     assert str(bad) in str(e.value)
     raw = load_catalog_config().model_dump()
     raw["product_offers"]["products"] = {"NOPE": {"lever": 2.0}}
+    raw["product_offers"]["unknown_products"] = "error"  # the default skips it with a warning (test_bank_exports)
     from nba.catalog import CatalogConfig
     with pytest.raises(ConfigError, match="'NOPE', which is not in the products table"):
         resolve(CatalogConfig.model_validate(raw), products_table())
@@ -479,3 +480,67 @@ def test_feature_hash_is_the_hash_of_the_stored_document(tmp_path):
     changed.loc[1, "health_score"] = 61.0
     h0, h1 = feature_hashes(feats), feature_hashes(changed)
     assert h0[0] == h1[0] and h0[1] != h1[1] and len(h0[0]) == 12
+
+
+# -------------------------------------------------------------------------------------------------
+# Former clients (every holding closed): nothing but an opt-in win-back contact
+
+
+FORMER = {"held_products": "", "former_client": True, "days_since_left": 40, "lifecycle_stage": "former",
+          "birthday_in_14d": True, "days_since_last_outbound": None, "total_assets": 0.0, "health_score": 40.0}
+
+
+def _win_back_catalog(enabled: bool, **win_back):
+    from nba.catalog import CatalogConfig
+    raw = load_catalog_config().model_dump()
+    raw["product_offers"]["products"], raw["product_offers"]["variants"] = {}, []
+    raw["policy"]["control_share"] = {"product_offer": 0, "care_contact": 0, "retention_offer": 0}
+    raw["retention_offers"]["win_back"] = {**raw["retention_offers"]["win_back"], "enabled": enabled, **win_back}
+    return resolve(CatalogConfig.model_validate(raw), products_table())
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_a_former_client_gets_no_care_offer_retention_or_capacity(enabled):
+    """A birthday, a long silence, a high propensity and a high churn risk: for a client still at the
+    bank these fire; for a former client nothing does, except the win-back contact when enabled."""
+    catalog = _win_back_catalog(enabled)
+    feats = feats_frame([dict(FORMER), {**FORMER, "former_client": False, "days_since_left": None,
+                                        "held_products": "SAV", "lifecycle_stage": "mature"}])
+    pp = np.full((2, len(catalog.products)), 0.5, np.float32)
+    out = decide(feats, catalog, Inputs(pp, np.array([0.7, 0.7], np.float32), "v9"), {"RM1": 5}, DAY)
+    still = out[out.customer_id == "C0001"]
+    assert len(still) == 1 and still.iloc[0].in_person  # the client still at the bank gets an RM action
+    former = out[out.customer_id == "C0000"]
+    if not enabled:
+        assert former.empty
+        return
+    r = former.iloc[0]
+    assert (r.action_id, r.action_family, r.in_person) == ("retention:win_back", "retention_offer", False)
+    assert r.reasons.startswith("former_client") and "Left the bank 40 days ago" in r.talking_points
+    trace = json.loads(r.policy_trace)
+    assert "care:birthday" in trace["former_client"] and "offer:MORT" in trace["former_client"]
+    assert trace["passed"] == ["retention:win_back"]
+
+
+def test_win_back_needs_marketing_consent_and_a_recent_departure():
+    catalog = _win_back_catalog(True, max_days_since_left=90)
+    feats = feats_frame([dict(FORMER), {**FORMER, "consent_marketing": False}, {**FORMER, "days_since_left": 200}])
+    pp = np.zeros((3, len(catalog.products)), np.float32)
+    out = decide(feats, catalog, Inputs(pp, np.full(3, np.nan, np.float32), "v9"), {"RM1": 5}, DAY)
+    assert out.customer_id.tolist() == ["C0000"]
+
+
+def test_retention_value_counts_the_balances_at_stake():
+    """A bank whose export has no product margins: a client at risk with 150,000 in assets still gets a
+    retention offer, valued at balance_margin x balances x value_years (plus the held margins)."""
+    products = products_table()
+    products["annual_margin"] = 0.0
+    row = {"held_products": "SAV", "total_assets": 150_000.0, "total_liabilities": 0.0,
+           "days_since_last_outbound": 10, "birthday_in_14d": False}
+    out, catalog = one(row, churn=0.6, products=products)
+    r = out.iloc[0]
+    ro = catalog.config.retention_offers
+    assert r.action_family == "retention_offer"
+    assert r.value == pytest.approx(ro.balance_margin * 150_000 * ro.value_years)
+    out, _ = one({**row, "total_assets": 0.0}, churn=0.6, products=products)
+    assert not (out.action_family == "retention_offer").any()  # nothing at stake: no retention offer

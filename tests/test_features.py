@@ -159,13 +159,16 @@ def test_states_of_the_hand_built_customers(tiny):
     assert c1.complaint_state == "open" and c1.lifecycle_stage == "growing"  # card opened in 180 days
     assert c2.lifecycle_stage == "new" and c2.tenure_days == 31
     assert c2.emotional_state == "neutral" and pd.isna(c2.days_since_last_contact)
-    assert c4.lifecycle_stage == "dormant" and c4.n_products == 0
+    # C4's only holding closed on 2026-01-01, before as_of: a former client (C2's closes after it: held)
+    assert c4.lifecycle_stage == "former" and c4.n_products == 0 and c4.former_client
+    assert c4.days_since_left == (D - date(2026, 1, 1)).days == 151
+    assert not c1.former_client and not c2.former_client and pd.isna(c2.days_since_left)
     ev = json.loads(c1.state_evidence)
     assert ev["complaint_state"] == {"rule": "open", "open_complaints": 1, "open_complaint_max_severity": 3}
     assert ev["health_score"]["complaint"] == -20
     assert ev["emotional_state"]["rule"] == "neutral"
     assert json.loads(c2.state_evidence)["emotional_state"] == {"rule": "no_rated_contacts"}
-    assert json.loads(c4.state_evidence)["lifecycle_stage"]["rule"] == "dormant"
+    assert json.loads(c4.state_evidence)["lifecycle_stage"] == {"rule": "former", "days_since_left": 151}
     assert 0 <= tiny.health_score.min() and tiny.health_score.max() <= 100
 
 
@@ -272,6 +275,9 @@ def _frame(**cols) -> pd.DataFrame:
     ({"products_closed_90d": 2, "products_opened_180d": 1}, "declining"),
     ({"products_opened_180d": 1}, "growing"),
     ({"total_assets_trend_90d": 0.2}, "growing"),
+    ({"n_products": 0, "former_client": True, "days_since_left": 30}, "former"),
+    ({"n_products": 0, "tenure_days": 30, "former_client": True, "days_since_left": 3}, "former"),
+    ({"n_products": 0, "former_client": False}, "dormant"),
 ])
 def test_lifecycle_rules(cols, stage):
     assert identify(_frame(**cols), StateConfig()).lifecycle_stage[0] == stage
@@ -408,3 +414,12 @@ def test_a_backfill_does_not_send_the_online_store_back_in_time(tiny_home):
     materialize(tiny_home, date(2026, 12, 15))
     current = materialize(tiny_home)
     assert current.published and not current.online_version.startswith("2026-12-15")
+
+
+def test_no_contact_history_exported_is_not_silence():
+    """A bank without an interactions table: outbound contacts are unknown (null), not silence."""
+    known = identify(_frame(outbound_30d=0, days_since_last_outbound=np.nan), StateConfig())
+    unknown = identify(_frame(outbound_30d=np.nan, days_since_last_outbound=np.nan), StateConfig())
+    assert json.loads(known.state_evidence[0])["health_score"]["silence"] == -10
+    assert "silence" not in json.loads(unknown.state_evidence[0])["health_score"]
+    assert unknown.health_score[0] == known.health_score[0] + 10

@@ -74,3 +74,21 @@ def test_calibration():
     c = calibration(np.array([0, 1, 0, 1]), np.array([0.05, 0.95, 0.05, 0.95]), bins=10)
     assert c["ece"] == pytest.approx(0.05)
     assert [b["n"] for b in c["bins"]] == [2, 2]
+
+
+def test_ks_are_capped_at_the_catalogue_size():
+    from nba.metrics import cap_ks, capped_metric, metric_k
+    assert cap_ks([1, 3, 5, 10], 5) == [1, 3, 5]
+    assert cap_ks([10, 1, 3], 22) == [1, 3, 10]
+    assert capped_metric("recall@10", 5) == "recall@5" and capped_metric("ndcg@3", 5) == "ndcg@3"
+    assert capped_metric("loss", 5) == "loss" and metric_k("loss") is None
+    with pytest.raises(ValueError, match="at least 1"):
+        cap_ks([0, 3], 5)
+    with pytest.raises(ValueError, match="catalogue"):
+        cap_ks([3], 0)
+    with pytest.raises(ValueError, match="K >= 1"):
+        metric_k("recall@x")
+    # capped cut-offs make a 5-item top list evaluable at the default ks
+    topk = np.array([[0, 1, 2, 3, 4]])
+    m = ranking_metrics(topk, np.array([0]), np.array([4]), 5, ks=tuple(cap_ks([1, 3, 5, 10], 5)))
+    assert m["recall@5"] == 1.0 and "recall@10" not in m

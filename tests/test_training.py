@@ -166,3 +166,135 @@ def test_softmax_training_learns_a_planted_structure(negatives):
     own = scores[:, 0::2].mean(1).where(torch.as_tensor(group == 0), scores[:, 1::2].mean(1))
     other = scores[:, 1::2].mean(1).where(torch.as_tensor(group == 0), scores[:, 0::2].mean(1))
     assert (own > other).float().mean() > 0.95
+
+
+# --- issue 17: epoch selection that holds up on small or odd data ---------------------------------------
+
+
+def _planted(n_items: int, n_users: int = 80, seed: int = 0):
+    """Two groups of users, each holding items of its own parity; one held item per user in three is
+    held out for validation."""
+    from training.loop import InteractionData
+    rng = np.random.default_rng(seed)
+    group = np.arange(n_users) % 2
+    pairs = np.array([(u, i) for u in range(n_users) for i in range(n_items)
+                      if i % 2 == group[u] and rng.random() < 0.7])
+    first = np.unique(pairs[:, 0], return_index=True)[1]
+    valid = np.zeros(len(pairs), bool)
+    valid[first[::3]] = True
+    return InteractionData(n_users, n_items, pairs[~valid, 0], pairs[~valid, 1],
+                           valid_users=pairs[valid, 0], valid_items=pairs[valid, 1])
+
+
+def _cfg(**kw):
+    return TrainConfig(kind="lightgcn", dim=8, batch_size=64, min_steps_per_epoch=1, lr=0.05, seed=1, **kw)
+
+
+def test_small_catalogue_caps_k_and_a_constant_metric_falls_back_to_the_validation_loss():
+    """5 items, topk 10, early stopping on recall@5 (the defaults): K is capped at 5 (no @10 is logged),
+    recall@5 is 1.0 for any model, so the validation loss chooses the epoch (not epoch 0 by a tie)."""
+    data = _planted(5)
+    r = train_loop(_cfg(epochs=12, patience=4), data)
+    keys = set(r.history[0])
+    assert "val_recall@5" in keys and "val_loss" in keys and not any(k.endswith(("@10", "@20")) for k in keys)
+    assert all(h["val_recall@5"] == 1.0 for h in r.history)
+    sel = r.selection
+    assert sel["criterion"] == "val_loss" and sel["fallback"] and sel["requested"] == "val_recall@5"
+    assert "same for any model" in sel["reason"] and "validation loss" in sel["reason"]
+    losses = [h["val_loss"] for h in r.history]
+    assert r.best_epoch == sel["best_epoch"] == int(np.argmin(losses)) and r.best == r.history[r.best_epoch]
+    assert r.best_epoch > 0, "the validation loss improved after epoch 0 here"
+
+
+def test_early_stop_metric_above_the_catalogue_is_capped():
+    from training.loop import validation_plan
+    assert validation_plan(TrainConfig(early_stop_metric="ndcg@10", topk=10), 5) == (5, (5,), "ndcg@5")
+    assert validation_plan(TrainConfig(early_stop_metric="recall@3", topk=10), 22) == (10, (3, 5, 10), "recall@3")
+    assert validation_plan(TrainConfig(early_stop_metric="loss"), 22)[2] == "loss"
+    with pytest.raises(ValueError, match="early_stop_metric"):
+        TrainConfig(early_stop_metric="recall")
+
+
+def test_a_metric_that_never_moves_falls_back_to_the_validation_loss(monkeypatch):
+    """A metric stuck at one value (here forced to 0.5) for 1 + `patience` evaluations cannot choose the
+    epoch: the validation loss takes over, from the epoch with the lowest one so far."""
+    import training.loop as loop
+
+    def stuck(topk, tu, ti, n_items, ks=(10,), with_map=False):
+        return {f"{m}@{k}": 0.5 for k in ks for m in ("recall", "precision", "ndcg")} | {"users_evaluated": 1}
+
+    monkeypatch.setattr(loop, "ranking_metrics", stuck)
+    data = _planted(10)
+    r = train_loop(_cfg(epochs=15, patience=3), data)
+    sel = r.selection
+    assert sel["criterion"] == "val_loss" and "stayed at 0.5000 for all 4 evaluations" in sel["reason"]
+    assert r.best_epoch == int(np.argmin([h["val_loss"] for h in r.history]))
+
+
+def test_without_validation_the_configured_epochs_run_and_the_last_is_kept():
+    from training.loop import InteractionData
+    d = _planted(10)
+    data = InteractionData(d.num_users, d.num_items, d.train_users, d.train_items)
+    r = train_loop(_cfg(epochs=3), data)
+    sel = r.selection
+    assert sel["criterion"] == "last_epoch" and sel["best_epoch"] == r.best_epoch == 2 and sel["epochs_run"] == 3
+    assert "no validation pairs" in sel["reason"]
+
+
+def test_a_checkpoint_gives_the_run_s_selection_and_weights():
+    """Ray Train's result is rebuilt from the last checkpoint: same selection, same weights."""
+    from training.trainer import _result_from_state
+    data = _planted(5)
+    cfg = _cfg(epochs=6, patience=10)
+    snaps = []
+    r = train_loop(cfg, data, on_epoch=lambda e, m, snap: snaps.append(snap()))
+    rebuilt = _result_from_state(cfg, data, snaps[-1], 0.0)
+    assert rebuilt.selection == r.selection and rebuilt.best_epoch == r.best_epoch
+    assert all(torch.equal(v, rebuilt.model.state_dict()[k]) for k, v in r.model.state_dict().items())
+
+
+def test_encoder_takes_an_all_null_column_quietly():
+    """A column a bank does not have (all null) gets mean 0, std 1 and a missing flag, with no numpy
+    'Mean of empty slice' warning, and the encoder's JSON stays strict JSON (no NaN)."""
+    import json
+    import warnings
+
+    import pandas as pd
+
+    from bundle.encoder import FeatureEncoder
+    df = pd.DataFrame({"customer_id": ["a", "b", "c"], "age": [30, 40, None],
+                       "total_assets": [None, None, None], "segment": ["mass", "affluent", None]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = FeatureEncoder.fit(df)
+        x = enc.transform(df)
+    j = enc.numeric.index("total_assets")
+    assert enc.mean[j] == 0.0 and enc.std[j] == 1.0 and "total_assets" in enc.flags
+    assert np.isfinite(x).all() and (x[:, enc.names.index("total_assets_missing")] == 1).all()
+    raw = np.sign(np.array([30.0, 40.0])) * np.log1p([30.0, 40.0])
+    assert enc.mean[enc.numeric.index("age")] == pytest.approx(raw.mean())
+    json.dumps(enc.to_dict(), allow_nan=False)
+
+
+def test_a_metric_at_its_maximum_from_the_start_falls_back_to_the_validation_loss(monkeypatch):
+    """Without the up-front check, recall@5 = 1.0 at the first evaluation is caught as it happens."""
+    import training.loop as loop
+    monkeypatch.setattr(loop, "_constant_metric", lambda metric, data: None)
+    r = train_loop(_cfg(epochs=6, patience=3), _planted(5))
+    assert r.selection["criterion"] == "val_loss"
+    assert "at its maximum 1 from the first evaluation" in r.selection["reason"]
+    assert r.best_epoch == int(np.argmin([h["val_loss"] for h in r.history]))
+
+
+def test_no_metric_and_no_validation_loss_falls_back_to_the_schedule():
+    """Two products, every validation client holds the other one: neither recall@2 nor a validation loss
+    (no unheld negative) can choose, so the configured epochs run and the last is kept."""
+    from training.loop import InteractionData
+    n = 40
+    users = np.arange(n)
+    data = InteractionData(n, 2, users, np.zeros(n, np.int64), valid_users=users[:10], valid_items=np.ones(10, np.int64))
+    r = train_loop(_cfg(epochs=3, patience=1), data)
+    sel = r.selection
+    assert sel["criterion"] == "last_epoch" and r.best_epoch == 2 and len(r.history) == 3
+    assert "same for any model" in sel["reason"] and "no validation loss" in sel["reason"]
+    assert "val_recall@2" in r.history[0] and "val_loss" not in r.history[0]

@@ -32,7 +32,9 @@ class DataConfig(_Strict):
 
 class EvalConfig(_Strict):
     horizon_days: int = Field(90, ge=1, description="openings and churn in this many days after as_of")
-    ks: list[int] = Field([1, 3, 5, 10], min_length=1)
+    ks: list[int] = Field([1, 3, 5, 10], min_length=1, description=(
+        "cut-offs of the opening metrics; each K above the catalogue size is computed at the catalogue size "
+        "and reported under that K (with 5 products @10 becomes @5; the evaluation records ks_requested)"))
 
 
 class RayConfig(_Strict):

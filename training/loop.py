@@ -11,8 +11,13 @@ function Ray Train's ``TorchTrainer`` will run per worker.
   positives are grouped by user, so a user's logits are computed once for all its positives: an epoch
   costs about users x items products, not positives x items. On the public benchmarks it beats BPR.
 
-Validation ranking runs each ``eval_every`` epochs, with early stopping on ``early_stop_metric``.
-Seeds make CPU runs repeatable.
+Validation runs each ``eval_every`` epochs on the held-out pairs: the ranking metrics (every K capped
+at the catalogue size, :func:`validation_plan`) and ``val_loss``, the BPR loss of each held-out pair
+against fixed sampled negatives. Early stopping keeps the epoch with the best ``early_stop_metric``,
+unless that metric cannot tell the epochs apart (it is the same for any model on these pairs, it sits at
+its maximum from the first evaluation, or it never moved before patience ran out): then the validation
+loss chooses instead, and without any validation the configured ``epochs`` run and the last is kept.
+:attr:`TrainResult.selection` says which rule chose the weights and why. Seeds make CPU runs repeatable.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from nba.metrics import ranking_metrics
+from nba.metrics import cap_ks, capped_metric, metric_k, ranking_metrics
 from nba.ranking import top_k
 from training.device import resolve_device
 
@@ -64,8 +69,11 @@ class TrainConfig(BaseModel):
     churn_weight: float = Field(1.0, ge=0)
     eval_every: int = Field(1, ge=1)
     patience: int = Field(5, ge=1)
-    early_stop_metric: str = "recall@5"
-    topk: int = Field(10, ge=1)
+    early_stop_metric: str = Field("recall@5", pattern=r"^((recall|precision|ndcg)@[1-9][0-9]*|loss)$", description=(
+        "validation metric that chooses the epoch (higher is better); K above the catalogue size is capped "
+        "to it (recall@10 with 5 products is recall@5); 'loss': the validation BPR loss (lower is better). "
+        "A metric that cannot tell the epochs apart falls back to the validation loss"))
+    topk: int = Field(10, ge=1, description="length of the validation top-K lists (capped at the catalogue size)")
     seed: int = 0
     device: str | None = None
 
@@ -94,11 +102,21 @@ class InteractionData:
 
 @dataclass
 class TrainResult:
+    """The trained model (with the weights of ``best_epoch`` loaded), the per-epoch metrics and how the
+    epoch was chosen.
+
+    ``selection`` (see :func:`selection_of`): ``criterion`` (``"val_recall@5"``..., ``"val_loss"`` or
+    ``"last_epoch"``), ``requested`` (the configured metric, ``val_`` + ``early_stop_metric``),
+    ``metric`` (the one validated, its K capped at the catalogue size), ``fallback`` (True when the
+    criterion is not the requested metric), ``reason`` (why, or None), ``best_epoch`` and ``epochs_run``.
+    """
+
     model: HybridGNN
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     best_epoch: int = 0
     seconds: float = 0.0
+    selection: dict = field(default_factory=dict)
 
 
 def _t(a, device, dtype=torch.long):
@@ -138,11 +156,100 @@ def build(cfg: TrainConfig, data: InteractionData, device: torch.device):
 @torch.no_grad()
 def recommend(model: HybridGNN, adj, ux, ix, users: np.ndarray, exclude_users: np.ndarray,
               exclude_items: np.ndarray, k: int) -> np.ndarray:
-    """Top-``k`` items ``[len(users), k]`` per user, excluding the given (user, item) pairs."""
+    """Top-``k`` items ``[len(users), min(k, num_items)]`` per user, excluding the given (user, item) pairs."""
     model.eval()
     u_emb, i_emb, _, _ = model(adj, ux, ix)
+    return _rank(model, u_emb, i_emb, users, exclude_users, exclude_items, k)
+
+
+def _rank(model: HybridGNN, u_emb, i_emb, users, exclude_users, exclude_items, k: int) -> np.ndarray:
     return top_k(lambda b: model.score(u_emb[torch.as_tensor(b, device=u_emb.device)], i_emb),
                  users, model.num_items, k, exclude_users, exclude_items)
+
+
+def validation_plan(cfg: TrainConfig, num_items: int) -> tuple[int, tuple[int, ...], str]:
+    """What validation ranks on a catalogue of ``num_items``: the top-K list length, the cut-offs and the
+    early-stopping metric's name, every K capped at ``num_items``.
+
+    The cut-offs are 5, 10, 20 and ``topk`` (those up to ``topk``) plus the K of ``early_stop_metric``; a
+    K above the catalogue is computed at the catalogue size and named after it (``recall@10`` with 5
+    products is logged as ``val_recall@5``). The metric is ``"loss"`` for ``early_stop_metric: loss``.
+    """
+    es_k = metric_k(cfg.early_stop_metric)
+    length = min(max(cfg.topk, es_k or 0), num_items)
+    ks = cap_ks([k for k in (5, 10, 20, cfg.topk) if k <= cfg.topk] + ([es_k] if es_k else []), num_items)
+    return length, tuple(ks), capped_metric(cfg.early_stop_metric, num_items)
+
+
+def _validation_negatives(data: InteractionData, seed: int, budget: int = 200_000):
+    """Fixed (user, positive, negative) triples for ``val_loss``: up to 8 negatives per held-out pair (at
+    most about ``budget`` triples in all), drawn once among the items the user holds neither in training
+    nor in validation (pairs whose user has no such item are left out). Returns three ``[n]`` int64 arrays."""
+    n_items = data.num_items
+    per_pair = max(1, min(8, budget // max(len(data.valid_users), 1)))
+    codes = np.unique(np.concatenate([data.train_users.astype(np.int64) * n_items + data.train_items,
+                                      data.valid_users.astype(np.int64) * n_items + data.valid_items]))
+    users = np.repeat(data.valid_users.astype(np.int64), per_pair)
+    pos = np.repeat(data.valid_items.astype(np.int64), per_pair)
+    rng = np.random.default_rng([seed, 104_729])
+    neg = rng.integers(0, n_items, len(users))
+    clash = np.ones(len(users), bool)
+    for _ in range(32):
+        q = users * n_items + neg
+        at = np.searchsorted(codes, q).clip(max=len(codes) - 1)
+        clash = codes[at] == q
+        if not clash.any():
+            break
+        neg[clash] = rng.integers(0, n_items, int(clash.sum()))
+    return users[~clash], pos[~clash], neg[~clash]
+
+
+def _constant_metric(metric: str, data: InteractionData) -> str | None:
+    """Why ``metric`` takes the same value for any model on the validation pairs of ``data``, or None.
+
+    recall@K and precision@K: every validation user's unheld items all fit in the top K (always so when
+    K is the catalogue size). ndcg@K: every unheld item of every validation user is a relevant one.
+    """
+    if metric_k(metric) is None or data.valid_users is None or not len(data.valid_users):
+        return None
+    kind, k = metric.split("@")[0], int(metric.split("@")[1])
+    n_items = data.num_items
+    held = np.bincount(np.unique(data.train_users.astype(np.int64) * n_items + data.train_items) // n_items,
+                       minlength=data.num_users)
+    relevant = np.bincount(np.unique(data.valid_users.astype(np.int64) * n_items + data.valid_items) // n_items,
+                           minlength=data.num_users)
+    users = np.unique(data.valid_users)
+    unheld = n_items - held[users]
+    if kind in ("recall", "precision") and (unheld <= k).all():
+        return (f"val_{metric} is the same for any model: every validation client has at most "
+                f"{int(unheld.max())} of the {n_items} products unheld, and they all fit in the top {k}")
+    if kind == "ndcg" and (unheld == relevant[users]).all():
+        return f"val_{metric} is the same for any model: every product a validation client does not hold is one it opened"
+    return None
+
+
+_MAXIMUM = {"recall": 1.0, "ndcg": 1.0}  # metrics with a known ceiling (precision@K's depends on the data)
+
+
+def selection_of(state: dict, history: list[dict]) -> tuple[str, dict]:
+    """Which weights a run ships, from its early-stopping ``state`` and ``history``: ``("metric" |
+    "loss" | "last", selection)`` where ``selection`` is :attr:`TrainResult.selection`."""
+    metric, requested = state.get("metric"), state.get("requested")
+    criterion, reason = state.get("criterion", "metric"), state.get("reason")
+    if criterion == "metric" and state.get("best_epoch", -1) >= 0:
+        choice, name, best = "metric", f"val_{metric}", state["best_epoch"]
+    elif criterion == "loss" and state.get("loss_best_epoch", -1) >= 0:
+        choice, name, best = "loss", "val_loss", state["loss_best_epoch"]
+    else:
+        choice, name = "last", "last_epoch"
+        best = history[-1]["epoch"] if history else -1
+        if criterion == "metric" and reason is None:
+            reason = ("no validation pairs: the configured epochs ran and the last one is kept"
+                      if not state.get("has_validation", True) else
+                      f"val_{metric} was never evaluated (eval_every): the last epoch is kept")
+    return choice, {"criterion": name, "requested": f"val_{requested}" if requested else None,
+                    "metric": f"val_{metric}" if metric else None, "fallback": name != f"val_{metric}",
+                    "reason": reason, "best_epoch": int(best), "epochs_run": len(history)}
 
 
 def popularity_topk(data: InteractionData, users: np.ndarray, k: int) -> np.ndarray:
@@ -216,15 +323,37 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
         from torch.nn.parallel import DistributedDataParallel
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = {"best_value": -1.0, "bad_epochs": 0, "best_epoch": -1, "best_metrics": {}}
-    best_weights, history, start_epoch = None, [], 0
+    n_items = data.num_items
+    length, ks, metric = validation_plan(cfg, n_items)
+    has_valid = data.valid_users is not None and len(data.valid_users) > 0
+    vneg = _validation_negatives(data, cfg.seed) if has_valid else None
+    # The rule that chooses the epoch: "metric" (early_stop_metric), "loss" (val_loss) or "schedule"
+    # (all configured epochs, the last kept); the metric may still be found unable to choose later on.
+    criterion, reason, why = "metric", None, None
+    if not has_valid:
+        criterion, reason = "schedule", "no validation pairs: the configured epochs ran and the last one is kept"
+    elif metric == "loss" or (why := _constant_metric(metric, data)) is not None:
+        criterion = "loss"
+        if not len(vneg[0]):
+            criterion, reason = "schedule", ((why + "; " if why else "") + "no validation loss (no held-out pair "
+                                             "has an unheld negative): the configured epochs ran and the last one is kept")
+        elif why:
+            reason = why + ": early stopping on the validation loss instead"
+    # Early stopping: the requested metric (higher is better) and, alongside, the validation loss (lower
+    # is better) with its own best weights, so that a fallback can pick an epoch already past.
+    state = {"best_value": -1.0, "bad_epochs": 0, "best_epoch": -1, "best_metrics": {},
+             "loss_best": math.inf, "loss_bad_epochs": 0, "loss_best_epoch": -1, "loss_best_metrics": {},
+             "metric_values": [], "criterion": criterion, "reason": reason, "metric": metric,
+             "requested": cfg.early_stop_metric, "has_validation": has_valid}
+    best_weights, loss_weights, history, start_epoch = None, None, [], 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         state.update(resume["early_stopping"])
-        best_weights, history, start_epoch = resume["best_model"], list(resume["history"]), resume["epoch"]
+        best_weights = resume.get("best_metric_model", resume["best_model"])
+        loss_weights = resume.get("best_loss_model")
+        history, start_epoch = list(resume["history"]), resume["epoch"]
 
-    n_items = data.num_items
     pos_codes = np.unique(data.train_users.astype(np.int64) * n_items + data.train_items)
     tu, ti = _t(data.train_users, device), _t(data.train_items, device)
     hard_u, hard_i = data.negative_users, data.negative_items
@@ -236,9 +365,15 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
     valid_users = np.unique(data.valid_users) if data.valid_users is not None else None
 
     def snapshot(next_epoch: int) -> dict:
+        choice, _ = selection_of(state, history)
         return {"epoch": next_epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "early_stopping": dict(state), "best_model": best_weights, "history": history,
-                "config": cfg.model_dump()}
+                "early_stopping": dict(state, metric_values=list(state["metric_values"])),
+                "best_model": {"metric": best_weights, "loss": loss_weights}.get(choice),
+                "best_metric_model": best_weights, "best_loss_model": loss_weights,
+                "history": history, "config": cfg.model_dump()}
+
+    def clone() -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -292,30 +427,64 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
         metrics = {"epoch": epoch, "loss": total / steps, "epoch_seconds": seconds,
                    "edges_per_second": len(perm) / seconds, "workers": world}
         if valid_users is not None and (epoch + 1) % cfg.eval_every == 0:
-            top = recommend(model, full_adj, ux, ix, valid_users, data.train_users, data.train_items, cfg.topk)
+            model.eval()
+            with torch.no_grad():
+                u_emb, i_emb, _, _ = model(full_adj, ux, ix)
+                top = _rank(model, u_emb, i_emb, valid_users, data.train_users, data.train_items, length)
+                if len(vneg[0]):
+                    nu, npos, nneg = (torch.as_tensor(a, device=device) for a in vneg)
+                    ue = u_emb[nu]
+                    metrics["val_loss"] = float(torch.nn.functional.softplus(
+                        model.score(ue, i_emb, nneg) - model.score(ue, i_emb, npos)).mean())
             lookup = np.full(data.num_users, -1)
             lookup[valid_users] = np.arange(len(valid_users))
             metrics.update({f"val_{k}": v for k, v in ranking_metrics(
-                top, lookup[data.valid_users], data.valid_items, n_items,
-                ks=tuple(sorted({k for k in (5, 10, 20, cfg.topk) if k <= cfg.topk}))).items()})
-        value = metrics.get(f"val_{cfg.early_stop_metric}")
+                top, lookup[data.valid_users], data.valid_items, n_items, ks=ks).items()})
         stop = False
-        if value is not None:
+        vloss = metrics.get("val_loss")
+        if vloss is not None:
+            if vloss < state["loss_best"]:
+                state.update(loss_best=vloss, loss_bad_epochs=0, loss_best_epoch=epoch, loss_best_metrics=metrics)
+                loss_weights = clone()
+            else:
+                state["loss_bad_epochs"] += 1
+        value = metrics.get(f"val_{metric}")
+        if state["criterion"] == "metric" and value is not None:
+            values = state["metric_values"]
+            values.append(value)
             if value > state["best_value"]:
                 state.update(best_value=value, bad_epochs=0, best_epoch=epoch, best_metrics=metrics)
-                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_weights = clone()
             else:
                 state["bad_epochs"] += 1
+            why = None
+            ceiling = _MAXIMUM.get(metric.split("@")[0])
+            if len(values) == 1 and ceiling is not None and value >= ceiling - 1e-12:
+                why = f"val_{metric} is at its maximum {ceiling:g} from the first evaluation: it cannot rank the epochs"
+            elif state["bad_epochs"] >= cfg.patience and max(values) - min(values) <= 1e-12:
+                why = f"val_{metric} stayed at {value:.4f} for all {len(values)} evaluations: it cannot rank the epochs"
+            if why is not None:
+                if state["loss_best_epoch"] >= 0:
+                    state.update(criterion="loss", reason=why + ": early stopping on the validation loss instead")
+                else:
+                    state.update(criterion="schedule", reason=why + "; there is no validation loss either: "
+                                 "the configured epochs run and the last one is kept")
+            else:
                 stop = state["bad_epochs"] >= cfg.patience
+        if state["criterion"] == "loss" and vloss is not None:
+            stop = state["loss_bad_epochs"] >= cfg.patience
         history.append(metrics)
         if on_epoch:
             on_epoch(epoch, metrics, lambda e=epoch, s=stop: snapshot(cfg.epochs if s else e + 1))
         if stop:
             break
-    if best_weights is not None:
+    choice, selection = selection_of(state, history)
+    if choice == "metric":
         model.load_state_dict(best_weights)
-    result = TrainResult(model, history, state["best_metrics"], state["best_epoch"], time.perf_counter() - t_start)
-    return result
+    elif choice == "loss":
+        model.load_state_dict(loss_weights)
+    best = {"metric": state["best_metrics"], "loss": state["loss_best_metrics"]}.get(choice) or (history[-1] if history else {})
+    return TrainResult(model, history, best, selection["best_epoch"], time.perf_counter() - t_start, selection)
 
 
 def _sample_negatives(rng, users: np.ndarray, n_items: int, pos_codes: np.ndarray,

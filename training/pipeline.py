@@ -5,12 +5,14 @@
 1. the graph at ``as_of`` from the live store version and the features of that date (materialized
    ones when fresh, else computed point-in-time); a share of the last 90 days' acquisitions is held
    out of it for validation and early stopping;
-2. churn examples: features at ``as_of - horizon`` and churn in the horizon after;
-3. training (Ray Train's TorchTrainer, or in-process);
+2. churn examples: features at ``as_of - horizon`` and churn in the horizon after, for the clients
+   who held a product at ``as_of - horizon`` (a former client cannot churn);
+3. training (Ray Train's TorchTrainer, or in-process); the epoch is chosen on the validation metric, or
+   on the validation loss when that metric cannot tell the epochs apart (``TrainResult.selection``);
 4. embeddings of the full graph and churn probabilities at ``as_of``, saved as the bundle;
 5. a temporal evaluation when the store holds the ``horizon_days`` after ``as_of``: product openings
-   in that window (recall / precision / NDCG @K of the model and of popularity) and churn (ROC AUC,
-   PR AUC, calibration);
+   in that window (recall / precision / NDCG @K of the model and of popularity, every K capped at the
+   catalogue size) and churn (ROC AUC, PR AUC, calibration) on the clients holding a product at as_of;
 6. an MLflow run with the resolved config, per-epoch metrics, the data snapshot, the code version,
    plots and the bundle as a pyfunc model, registered as a new version of ``nba`` (``challenger``,
    and ``champion`` on ``promote`` or when there is none).
@@ -36,12 +38,18 @@ from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
 from nba.errors import StoreError
 from nba.home import Home
-from nba.metrics import average_precision, calibration, ranking_metrics, roc_auc
+from nba.metrics import average_precision, calibration, cap_ks, ranking_metrics, roc_auc
 from nba.ranking import top_k
 
 from .config import RunConfig
 from .graph import BankGraph, build_graph
-from .loop import InteractionData, TrainResult, graph_adjacency, popularity_topk
+from .loop import (
+    InteractionData,
+    TrainResult,
+    graph_adjacency,
+    popularity_topk,
+    validation_plan,
+)
 from .model import HybridGNN
 
 
@@ -55,7 +63,19 @@ class Prepared:
     feature_hash: str
     churn_rows: int = 0
     churn_rate: float = float("nan")
+    churn_former: int = 0  # former clients (no product at as_of - horizon) left out of the churn examples
     tenure_days: np.ndarray | None = None  # [num_users] in graph order (for the propensity calibration)
+    present: np.ndarray | None = None  # [num_users] bool in graph order: holds a product at as_of
+
+
+def holds_a_product(feats: pd.DataFrame) -> np.ndarray:
+    """``[len(feats)]`` bool: the client holds at least one product at the frame's as_of (``n_products``
+    > 0, which agrees with the holdings' ``held_start`` of ``label_frame``). Clients with no product are
+    former clients (or never held one): they cannot churn, so the churn head neither learns from nor is
+    scored on them. All True when the frame has no ``n_products`` column."""
+    if "n_products" not in feats:
+        return np.ones(len(feats), bool)
+    return pd.to_numeric(feats["n_products"], errors="coerce").fillna(0).to_numpy() > 0
 
 
 @dataclass
@@ -75,6 +95,10 @@ def frame_hash(df: pd.DataFrame) -> str:
 
 
 def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
+    """The graph at ``as_of`` (default: the store's data end) with validation pairs held out, and the churn
+    examples: features at ``as_of - churn_horizon_days`` of the clients holding a product then, labelled
+    with churn in the horizon that followed. Raises ``StoreError`` when no customer was onboarded before
+    ``as_of``."""
     version = TableStore(home.store).require_current()
     as_of = as_of or default_as_of(version)
     feats = features_at(home, as_of, version)
@@ -85,14 +109,18 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     data = graph.interactions(weights, valid_share=cfg.data.valid_share, seed=cfg.data.valid_seed)
     full = graph.interactions(weights)
     prepared = Prepared(graph, data, full, as_of, version, frame_hash(feats))
-    prepared.tenure_days = (feats.sort_values("customer_id")["tenure_days"].astype("float64").to_numpy()
-                            if "tenure_days" in feats else None)
+    ordered = feats.sort_values("customer_id")
+    prepared.tenure_days = ordered["tenure_days"].astype("float64").to_numpy() if "tenure_days" in feats else None
+    prepared.present = holds_a_product(ordered)
     # Churn examples: features a horizon ago, churn within the horizon that followed.
     h = cfg.data.churn_horizon_days
     past = as_of - timedelta(days=h)
     labels = label_frame(version, past, h)
     if len(labels):
         past_feats = features_at(home, past, version).merge(labels[["customer_id", "label_churn"]], on="customer_id")
+        present = holds_a_product(past_feats)
+        prepared.churn_former = int((~present).sum())
+        past_feats = past_feats[present]
         y = past_feats["label_churn"].astype(bool).to_numpy()
         if 0 < y.sum() < len(y):
             data.churn_x = graph.encoder.transform(past_feats)
@@ -188,7 +216,16 @@ def calibrate(model: HybridGNN, prepared: Prepared, valid_share: float, horizon_
 
 def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, item_bias: np.ndarray,
              churn: np.ndarray | None, horizon_days: int, ks: list[int]) -> dict | None:
-    """Temporal evaluation on the ``horizon_days`` after as_of, or None when the store lacks them."""
+    """Temporal evaluation on the ``horizon_days`` after as_of, or None when the store lacks them.
+
+    ``user_emb`` ``[num_users, d]``, ``item_emb`` ``[num_items, d]``, ``item_bias`` ``[num_items]`` and
+    ``churn`` ``[num_users]`` (probabilities, or None) are in the graph's row order. Openings: recall,
+    precision and NDCG of the model and of popularity at each K of ``ks`` capped at the catalogue size
+    (``nba.metrics.cap_ks``: with 5 products @10 is computed and named @5); ``ks`` lists the cut-offs
+    used and, when some were capped, ``ks_requested`` the ones asked for. Churn: ROC AUC, PR AUC and
+    calibration over the clients who held a product at as_of (``customers``); clients who had already
+    left (no product at as_of) are not counted as non-churners but left out (``former_clients``).
+    """
     end = data_end(prepared.version, time_zone())
     if prepared.as_of + timedelta(days=horizon_days) > end:
         return None
@@ -206,6 +243,11 @@ def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, ite
     tu, ti = np.array(tu, np.int64), np.array(ti, np.int64)
     out: dict = {"horizon_days": horizon_days, "eval_from": str(prepared.as_of),
                  "eval_to": str(prepared.as_of + timedelta(days=horizon_days))}
+    used = cap_ks(ks, n_items)
+    out["ks"] = used
+    if used != sorted(set(ks)):
+        out["ks_requested"] = sorted(set(ks))
+    ks = used
     k = max(ks)
     if len(tu):
         users = np.unique(tu)
@@ -220,12 +262,15 @@ def evaluate(prepared: Prepared, user_emb: np.ndarray, item_emb: np.ndarray, ite
         out["customers_with_openings"] = len(users)
         out["openings"] = len(tu)
     if churn is not None:
-        y = labels["label_churn"].fillna(False).astype(bool).to_numpy()
+        present = prepared.present if prepared.present is not None else np.ones(len(labels), bool)
+        y = labels["label_churn"].fillna(False).astype(bool).to_numpy()[present]
+        p = np.asarray(churn)[present]
         if 0 < y.sum() < len(y):
-            cal = calibration(y, churn)
-            out["churn"] = {"roc_auc": roc_auc(y, churn), "pr_auc": average_precision(y, churn),
-                            "base_rate": float(y.mean()), "mean_predicted": float(churn.mean()),
-                            "ece": cal["ece"], "calibration": cal}
+            cal = calibration(y, p)
+            out["churn"] = {"roc_auc": roc_auc(y, p), "pr_auc": average_precision(y, p),
+                            "base_rate": float(y.mean()), "mean_predicted": float(p.mean()),
+                            "ece": cal["ece"], "calibration": cal, "customers": int(present.sum()),
+                            "former_clients": int((~present).sum())}
     return out
 
 
@@ -236,8 +281,12 @@ def _plots(history: list[dict], evaluation: dict | None):
     figs = {}
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     ep = [h["epoch"] for h in history]
-    ax[0].plot(ep, [h["loss"] for h in history], marker="o")
-    ax[0].set(title="training loss", xlabel="epoch")
+    ax[0].plot(ep, [h["loss"] for h in history], marker="o", label="training")
+    if any("val_loss" in h for h in history):
+        ax[0].plot([h["epoch"] for h in history if "val_loss" in h], [h["val_loss"] for h in history if "val_loss" in h],
+                   marker="o", label="validation (BPR on held-out pairs)")
+        ax[0].legend(fontsize=7)
+    ax[0].set(title="loss", xlabel="epoch")
     for key in sorted({k for h in history for k in h if k.startswith(("val_recall", "val_ndcg"))}):
         ax[1].plot([h["epoch"] for h in history if key in h], [h[key] for h in history if key in h], label=key)
     ax[1].set(title="validation", xlabel="epoch")
@@ -286,7 +335,18 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
     d = prepared.data
     log(f"graph at {prepared.as_of}: {d.num_users:,} customers, {d.num_items} products, "
         f"{len(d.train_users):,} positive edges, {0 if d.valid_users is None else len(d.valid_users):,} held out "
-        f"for validation; churn examples {prepared.churn_rows:,} (rate {prepared.churn_rate:.3f})")
+        f"for validation; churn examples {prepared.churn_rows:,} (rate {prepared.churn_rate:.3f}; "
+        f"{prepared.churn_former:,} former clients left out)")
+    eval_ks = cap_ks(cfg.evaluation.ks, d.num_items)
+    _, _, val_metric = validation_plan(cfg.model, d.num_items)
+    capped = []
+    if eval_ks != sorted(set(cfg.evaluation.ks)):
+        capped.append(f"evaluation at {', '.join(f'@{k}' for k in eval_ks)} "
+                      f"(asked {', '.join(f'@{k}' for k in cfg.evaluation.ks)})")
+    if val_metric != cfg.model.early_stop_metric:
+        capped.append(f"early stopping on val_{val_metric} (asked val_{cfg.model.early_stop_metric})")
+    if capped:
+        log(f"K capped at the catalogue size ({d.num_items} products): {'; '.join(capped)}")
 
     import mlflow
     run = None
@@ -303,8 +363,8 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
             mlflow.log_dict(cfg.model_dump(), "config/resolved.json")
 
         def on_epoch(epoch: int, metrics: dict) -> None:
-            key = f"val_{cfg.model.early_stop_metric}"
-            val = f"  {key} {metrics[key]:.4f}" if key in metrics else ""
+            val = "".join(f"  {key} {metrics[key]:.4f}" for key in dict.fromkeys((f"val_{val_metric}", "val_loss"))
+                          if key in metrics)
             log(f"epoch {epoch:3d}  loss {metrics['loss']:.4f}  {metrics['epoch_seconds']:.1f} s{val}")
             if run is not None:
                 mlflow.log_metrics({_metric_name(k): float(v) for k, v in metrics.items()
@@ -315,7 +375,14 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                      f"train-{prepared.as_of}-{int(time.time())}", on_epoch=on_epoch,
                      fault_injection=fault_injection)
         seconds["train"] = time.perf_counter() - t
-        log(f"trained in {seconds['train']:.1f} s; best epoch {result.best_epoch}")
+        sel = result.selection
+        log(f"trained in {seconds['train']:.1f} s; {_selection_line(sel)}")
+        if run is not None:
+            mlflow.log_params({"selection.criterion": sel["criterion"], "selection.best_epoch": sel["best_epoch"],
+                               "selection.epochs_run": sel["epochs_run"], "selection.metric": str(sel["metric"]),
+                               "evaluation.ks_used": str(eval_ks)})
+            mlflow.set_tags({"selection.fallback": str(sel["fallback"]).lower(),
+                             **({"selection.reason": sel["reason"][:5000]} if sel["reason"] else {})})
 
         t = time.perf_counter()
         propensity = calibrate(result.model, prepared, cfg.data.valid_share, cfg.evaluation.horizon_days)
@@ -337,6 +404,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         meta = {"as_of": str(prepared.as_of), "config": cfg.model_dump(), "store_version": prepared.version.name,
                 "store_content_hash": prepared.version.content_hash, "feature_hash": prepared.feature_hash,
                 "code_version": registry.code_version(), "best_epoch": result.best_epoch,
+                "selection": result.selection,
                 "rec_columns": prepared.graph.rec_columns.tolist(), "evaluation": evaluation,
                 "propensity": propensity,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -388,6 +456,14 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         raise
 
 
+def _selection_line(sel: dict) -> str:
+    """How the shipped weights were chosen, in words (the run log's line after training)."""
+    if sel["criterion"] == "last_epoch":
+        return f"kept the last epoch ({sel['best_epoch']}; {sel['epochs_run']} run): {sel['reason']}"
+    line = f"best epoch {sel['best_epoch']} of {sel['epochs_run']} on {sel['criterion']}"
+    return line + (f" ({sel['reason']})" if sel["fallback"] and sel["reason"] else "")
+
+
 def _log_evaluation(evaluation: dict | None, log) -> None:
     if evaluation is None:
         log("evaluation: skipped, the store does not yet hold the horizon after as_of "
@@ -395,6 +471,9 @@ def _log_evaluation(evaluation: dict | None, log) -> None:
         return
     log(f"evaluation on openings {evaluation['eval_from']} .. {evaluation['eval_to']} "
         f"({evaluation.get('openings', 0):,} openings by {evaluation.get('customers_with_openings', 0):,} customers):")
+    if "ks_requested" in evaluation:
+        log(f"  K capped at the catalogue size: @{max(evaluation['ks_requested'])} asked, "
+            f"@{max(evaluation['ks'])} is the whole catalogue")
     if "model" in evaluation:
         for key in evaluation["model"]:
             if key.startswith(("recall", "ndcg")):
@@ -402,7 +481,8 @@ def _log_evaluation(evaluation: dict | None, log) -> None:
     if "churn" in evaluation:
         c = evaluation["churn"]
         log(f"  churn: ROC AUC {c['roc_auc']:.4f}, PR AUC {c['pr_auc']:.4f} (base rate {c['base_rate']:.4f}), "
-            f"ECE {c['ece']:.4f}")
+            f"ECE {c['ece']:.4f}, on {c['customers']:,} clients holding a product at as_of "
+            f"({c['former_clients']:,} former clients left out)")
 
 
 def summary(report: RunReport) -> str:

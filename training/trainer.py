@@ -23,7 +23,14 @@ import torch
 from nba.errors import NBAError
 
 from .config import RayConfig
-from .loop import InteractionData, TrainConfig, TrainResult, build, train_loop
+from .loop import (
+    InteractionData,
+    TrainConfig,
+    TrainResult,
+    build,
+    selection_of,
+    train_loop,
+)
 
 
 class TrainingFailed(NBAError):
@@ -80,7 +87,10 @@ def _result_from_state(cfg: TrainConfig, data: InteractionData, state: dict, sec
     model, _, _, _ = build(cfg.model_copy(update={"device": "cpu"}), data, torch.device("cpu"))
     model.load_state_dict(state["best_model"] if state["best_model"] is not None else state["model"])
     es = state["early_stopping"]
-    return TrainResult(model, state["history"], es.get("best_metrics") or {}, es.get("best_epoch", -1), seconds)
+    choice, selection = selection_of(es, state["history"])
+    best = {"metric": es.get("best_metrics"), "loss": es.get("loss_best_metrics")}.get(choice) or (
+        state["history"][-1] if state["history"] else {})
+    return TrainResult(model, state["history"], best, selection["best_epoch"], seconds, selection)
 
 
 def init_ray(ray_cfg: RayConfig) -> None:
