@@ -16,6 +16,7 @@ finishes on that state, so a swap never fails a request in flight.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ from nba.schema import CHANNELS
 
 from .daily import merge_outcome_rows
 from .retrieval import INDEX_TAG, Snapshot, load_for_version
+
+log = logging.getLogger("nba.api")
 
 HISTORY_DAYS = 120
 
@@ -180,6 +183,8 @@ class DecisionService:
             raise ServingError(f"the online store's live version {live.get('version')!r} names no as_of date")
         products = store.read("products").to_pandas()
         catalog = load_catalog(products, self.catalog_path)
+        for w in catalog.warnings:  # an override naming a product the bank does not have: skipped
+            log.warning("%s", w)
         feats = features_at(self.home, day, store)
         kinds = {c: ("bool" if t.kind == "b" and str(t) == "bool" else
                      "num" if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) else "obj")

@@ -15,6 +15,7 @@ from bundle import BundleError
 from bundle import read_bundle as load_bundle
 from bundle.registry import load_registered
 from feature_store.ingest import ingest
+from feature_store.materialize import features_at
 from feature_store.store import TableStore
 from nba.config import CONFIG_DIR
 from nba.errors import ConfigError
@@ -90,6 +91,16 @@ def test_bundle_round_trips_through_mlflow(first_run, home):
     assert len(client.get_metric_history(first_run.run_id, "loss")) == len(first_run.result.history)
     arts = {a.path for a in client.list_artifacts(first_run.run_id, "plots")}
     assert {"plots/metric_curves.png", "plots/churn_calibration.png"} <= arts
+    # The churn model was chosen on held-out churn examples; the choice and its figures are logged.
+    cm = bundle.meta["churn_model"]
+    assert cm["chosen"] in ("gnn_head", "gradient_boosting") and run.data.params["churn.model"] == cm["chosen"]
+    assert {"gnn_head", "gradient_boosting", "logistic_regression"} <= set(cm["validation"])
+    assert run.data.metrics["churn_val.gradient_boosting.roc_auc"] == cm["validation"]["gradient_boosting"]["roc_auc"]
+    if cm["chosen"] == "gradient_boosting":
+        import joblib
+        gbm = joblib.load(first_run.bundle_dir / cm["file"])
+        x = local.encoder.transform(features_at(home, TRAIN_AS_OF).sort_values("customer_id"))
+        np.testing.assert_allclose(gbm.predict_proba(x)[:, 1], local.churn, rtol=1e-5, atol=1e-6)
 
 
 def test_aliases_challenger_and_champion(first_run, home):

@@ -124,8 +124,11 @@ def test_churn_examples_leave_out_clients_without_a_product(home, prepared):
     assert (~present).sum() > 10, "the bank has former clients"
     assert not labelled.loc[~present, "label_churn"].any(), "a client without a product cannot churn"
     assert prepared.churn_former == (~present).sum()
-    assert prepared.churn_rows == len(prepared.data.churn) == present.sum()
-    assert prepared.data.churn.mean() == pytest.approx(labelled.loc[present, "label_churn"].mean())
+    # the examples: the clients present then, a validation share held out to choose the churn model
+    assert prepared.churn_rows == len(prepared.data.churn) + len(prepared.churn_val_y) == present.sum()
+    assert 0.15 < len(prepared.churn_val_y) / prepared.churn_rows < 0.25
+    churners = prepared.data.churn.sum() + prepared.churn_val_y.sum()
+    assert churners == labelled.loc[present, "label_churn"].sum() and prepared.churn_val_y.any()
 
 
 def test_churn_auc_counts_only_the_clients_present_at_as_of(home, prepared):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+import joblib
 import numpy as np
 import pandas as pd
 import torch
@@ -41,6 +42,8 @@ from nba.home import Home
 from nba.metrics import average_precision, calibration, cap_ks, ranking_metrics, roc_auc
 from nba.ranking import top_k
 
+from .churn import ChurnSelection, validation_split
+from .churn import select as select_churn
 from .config import RunConfig
 from .graph import BankGraph, build_graph
 from .loop import (
@@ -51,6 +54,8 @@ from .loop import (
     validation_plan,
 )
 from .model import HybridGNN
+
+CHURN_MODEL_FILE = "churn_model.joblib"  # in the bundle: the chosen gradient-boosting churn model
 
 
 @dataclass
@@ -66,6 +71,8 @@ class Prepared:
     churn_former: int = 0  # former clients (no product at as_of - horizon) left out of the churn examples
     tenure_days: np.ndarray | None = None  # [num_users] in graph order (for the propensity calibration)
     present: np.ndarray | None = None  # [num_users] bool in graph order: holds a product at as_of
+    churn_val_x: np.ndarray | None = None  # [n_val, f] churn examples held out to choose the churn model
+    churn_val_y: np.ndarray | None = None  # [n_val] bool
 
 
 def holds_a_product(feats: pd.DataFrame) -> np.ndarray:
@@ -123,8 +130,12 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
         past_feats = past_feats[present]
         y = past_feats["label_churn"].astype(bool).to_numpy()
         if 0 < y.sum() < len(y):
-            data.churn_x = graph.encoder.transform(past_feats)
-            data.churn = y.astype(np.float32)
+            # A validation share of the examples is held out from training, to choose the churn model
+            # (training.churn: the network's head or gradient boosting) on examples neither has seen.
+            x = graph.encoder.transform(past_feats)
+            train, val = validation_split(y, seed=cfg.data.valid_seed)
+            data.churn_x, data.churn = x[train], y[train].astype(np.float32)
+            prepared.churn_val_x, prepared.churn_val_y = x[val], y[val]
             prepared.churn_rows, prepared.churn_rate = len(y), float(y.mean())
     return prepared
 
@@ -142,6 +153,24 @@ def embed(model: HybridGNN, prepared: Prepared) -> tuple[np.ndarray, np.ndarray,
     if model.churn is not None:
         churn = torch.sigmoid(model.churn_logit(torch.from_numpy(full.churn_x))).numpy()
     return u.numpy(), i.numpy(), churn
+
+
+@torch.no_grad()
+def choose_churn_model(model: HybridGNN, prepared: Prepared, head: np.ndarray | None, seed: int = 0
+                       ) -> ChurnSelection | None:
+    """The churn model for the bundle (:func:`training.churn.select`): gradient boosting fitted on the
+    training churn examples against the network's head, both scored on the held-out examples. None when
+    there are no churn examples. ``head``: the head's probabilities at as_of (unused here; the choice
+    needs the held-out examples only)."""
+    d = prepared.data
+    if d.churn_x is None or d.churn is None:
+        return None
+    x_val = prepared.churn_val_x if prepared.churn_val_x is not None else d.churn_x[:0]
+    y_val = prepared.churn_val_y if prepared.churn_val_y is not None else np.zeros(0, bool)
+    head_val = None
+    if model.churn is not None and len(y_val):
+        head_val = torch.sigmoid(model.eval().cpu().churn_logit(torch.from_numpy(x_val))).numpy()
+    return select_churn(d.churn_x, d.churn.astype(bool), x_val, y_val, head_val, seed)
 
 
 @torch.no_grad()
@@ -387,6 +416,10 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         t = time.perf_counter()
         propensity = calibrate(result.model, prepared, cfg.data.valid_share, cfg.evaluation.horizon_days)
         user_emb, item_emb, churn = embed(result.model, prepared)
+        churn_choice = choose_churn_model(result.model, prepared, churn, cfg.data.valid_seed)
+        if churn_choice is not None:
+            churn = churn_choice.predict(prepared.full.churn_x, churn)
+            log(f"churn model: {churn_choice.chosen} ({churn_choice.reason})")
         bias = (result.model.item_bias.detach().numpy() if result.model.item_bias is not None
                 else np.zeros(d.num_items, np.float32))
         evaluation = evaluate(prepared, user_emb, item_emb, bias, churn, cfg.evaluation.horizon_days, cfg.evaluation.ks)
@@ -407,6 +440,10 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                 "selection": result.selection,
                 "rec_columns": prepared.graph.rec_columns.tolist(), "evaluation": evaluation,
                 "propensity": propensity,
+                "churn_model": None if churn_choice is None else {
+                    "chosen": churn_choice.chosen, "reason": churn_choice.reason,
+                    "validation": churn_choice.validation,
+                    "file": CHURN_MODEL_FILE if churn_choice.gradient_boosting is not None else None},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         held = np.stack([prepared.full.train_users, prepared.full.train_items])
         bundle_dir = Path(tempfile.mkdtemp(prefix="nba-bundle-")) / "bundle"
@@ -414,9 +451,16 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                      customer_ids=prepared.graph.customer_ids, product_ids=prepared.graph.product_ids,
                      encoder=prepared.graph.encoder, user_emb=user_emb, item_emb=item_emb, item_bias=bias,
                      churn=churn, held=held)
+        if churn_choice is not None and churn_choice.gradient_boosting is not None:
+            joblib.dump(churn_choice.gradient_boosting, bundle_dir / CHURN_MODEL_FILE)
         report = RunReport(prepared.as_of, result, evaluation, bundle_dir, seconds=seconds)
         if run is None:
             return report
+
+        if churn_choice is not None:
+            mlflow.log_param("churn.model", churn_choice.chosen)
+            mlflow.log_metrics({f"churn_val.{name}.{k}": float(v) for name, figs in churn_choice.validation.items()
+                                for k, v in figs.items() if isinstance(v, (int, float)) and v == v})
 
         if evaluation:
             flat = {k: v for k, v in _flat({"test": {k2: v2 for k2, v2 in evaluation.items()
