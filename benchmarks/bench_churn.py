@@ -1,4 +1,4 @@
-"""Churn: the GNN's churn head against tabular baselines on the same holdout (issue 17, groundwork).
+"""Churn: the model the pipeline ships, and the GNN's churn head, against tabular baselines (issue 17).
 
     python benchmarks/bench_churn.py --home /tmp/churnbench [--customers 20000] [--seed 7]
         [--config configs/train.yaml] [--set section.key=value ...] [--gnn-seeds 0[,1,...]] [--no-truth]
@@ -12,38 +12,54 @@ The first run builds the home when it holds no store yet (about 10 s for 20,000 
 Later runs reuse it (a home built by those two commands by hand is reused too). Then, with
 ``as_of = data end - horizon`` (the backtest date; the horizon is ``data.churn_horizon_days``, 90):
 
-1. **GNN**: ``training.pipeline.run_training(home, cfg, as_of)`` with ``--config`` (default
+1. **The pipeline**: ``training.pipeline.run_training(home, cfg, as_of)`` with ``--config`` (default
    ``configs/train.yaml``) and ``ray.enabled=false`` (plus ``model.seed`` per ``--gnn-seeds``); the
-   bundle is read back through the registry (``bundle.registry.load_registered(home, version)``) and its
-   ``churn`` (P(churn within 90 days) at as_of, aligned with ``customer_ids``) is the GNN's score.
-2. **Baselines** (scikit-learn), trained the way the churn head is trained (``training.pipeline.prepare``):
+   bundle is read back through the registry (``bundle.registry.load_registered(home, version)``). The
+   pipeline trains on the churn examples of the clients holding a product at ``as_of - horizon``, holds
+   20% of them out, and ships the better of the network's churn head and gradient boosting on that
+   share (``training.churn.select``, by ROC AUC). Two scores per run:
+   - ``nba_bundle``: the bundle's ``churn`` (P(churn within 90 days) at as_of, aligned with
+     ``customer_ids``), i.e. the chosen model; its choice, reason and the validation figures of
+     ``gnn_head``, ``gradient_boosting`` and ``logistic_regression`` (``bundle.meta["churn_model"]``) are
+     recorded under ``churn_model`` of the run, and the label names the chosen candidate;
+   - ``gnn_head``: the network's churn head whatever was chosen: the network rebuilt from the bundle
+     (``training.model.from_bundle``), ``sigmoid(model.churn_logit(x))`` on the bundle encoder's
+     features at as_of (absent when the network has no churn head).
+   ``consistency`` checks that the bundle's churn is what the chosen model gives on those features (the
+   head's, or ``churn_model.joblib``'s ``predict_proba``): the largest absolute difference.
+2. **Baselines** (scikit-learn), trained as the pipeline trains its churn models (``training.pipeline.prepare``):
    features at ``as_of - horizon`` (``features_at``) with the churn of the horizon that followed
-   (``label_frame``), i.e. a *temporal* split, no client-level split; same rows, and the same input
-   columns as the head (the numeric and categorical columns of the bundle's fitted encoder):
+   (``label_frame``), i.e. a *temporal* split, no client-level split; every client onboarded by then, and
+   the same input columns as the pipeline's models (the numeric and categorical columns of the bundle's
+   fitted encoder, less any numeric column without a value in the training rows):
    - ``logreg``: median imputation with missing-value indicators, standardisation, one-hot
      categoricals (``ColumnTransformer``), ``LogisticRegression``;
    - ``logreg_log1p``: the same after a signed ``log1p`` of the numeric columns (what the GNN's encoder
      does before standardising);
    - ``hgb``: ``HistGradientBoostingClassifier`` with native categorical support (pandas categories),
      missing values native, default settings (early stopping on 10% of the rows, ``random_state=0``).
-   Each is also trained on the clients who held a product at the training date only (``*_holders``).
+   Each is also trained on the clients who held a product at the training date only (``*_holders``: the
+   rows the pipeline now trains on, without its 20% validation share).
 3. **Evaluation** on the horizon after as_of (the window ``training.pipeline.evaluate`` uses), on
    the clients onboarded before as_of, with the labels of ``feature_store.offline.label_frame``:
    - ``holders``: clients who held at least one product at as_of (the population the churn label is
-     defined on; the others cannot churn and count as non-churners in the pipeline's figure today);
-   - ``all``: every client, as ``training.pipeline.evaluate`` scores the churn head today.
+     defined on, and the one ``training.pipeline.evaluate`` scores: its ``test.churn`` figures are the
+     ``nba_bundle`` holders' figures); the headline;
+   - ``all``: every client (those without a product count as non-churners), for reference.
    Metrics (``sklearn.metrics``): ROC AUC, PR AUC (average precision), Brier score, log loss; base rate
    and mean predicted probability; ECE over 10 equal-width bins (``nba.metrics.calibration``, the
    pipeline's definition) and over 10 equal-count bins, the reliability table of
    ``sklearn.calibration.calibration_curve`` (10 quantile bins); the share of churners in the top 10% of
    scores. A paired bootstrap (``--bootstrap`` resamples of the holders) gives 95% intervals of every
-   ROC AUC and of the GNN's difference to each baseline. ``--gnn-seeds 0,1,2`` adds GNN runs with other
-   ``model.seed`` values (``gnn_seed1``, ...) to see how much the head moves from run to run.
+   ROC AUC and of the differences of ``nba_bundle`` and of ``gnn_head`` to each other model.
+   ``--gnn-seeds 0,1,2`` adds pipeline runs with other ``model.seed`` values (``nba_bundle_seed1``,
+   ``gnn_head_seed1``, ...) to see how much the head, and the choice, move from run to run.
    ``ablation``: the baselines refitted without the point-in-time balance columns, and without those and
    the columns whose range depends on how far back a client's visible history goes (``leak_columns``).
-4. **Truth** (unless ``--no-truth``; synthetic homes only): the production setting. The GNN is trained at
-   the data end (its churn head learns from the features at data end - horizon and the churn that followed),
-   the baselines on the same rows, and every model scores the clients at the data end against the
+4. **Truth** (unless ``--no-truth``; synthetic homes only): the production setting. The pipeline is run at
+   the data end (its churn models learn from the features at data end - horizon and the churn that
+   followed), the baselines on the same rows, and every model (``nba_bundle``, ``gnn_head`` and the
+   baselines) scores the clients at the data end against the
    generator's own churn of the 90 days after (``synthetic/_truth/future_churn``, not in the store), on the
    clients holding a product at the data end. The generator's historical churners (the labels every model
    learns from) and its future churners are not drawn the same way (see BENCHMARKS.md), so this block
@@ -200,6 +216,9 @@ def fit_baselines(train: pd.DataFrame, test: pd.DataFrame, numeric: list[str], c
 
     out = {}
     y = train["y"].to_numpy()
+    # A column without a value in the training rows (days_since_left among holders) is no input: the
+    # imputer would drop it and gradient boosting's binning fails on it.
+    numeric = [c for c in numeric if numeric_frame(train, [c])[c].notna().any()]
     for name, log1p in (("logreg", False), ("logreg_log1p", True)):
         model = make_logreg(numeric, categorical, log1p)
         t = time.perf_counter()
@@ -262,8 +281,9 @@ def metrics(y: np.ndarray, p: np.ndarray) -> dict:
     }
 
 
-def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], ref: str, b: int, seed: int = 0) -> dict:
-    """Paired bootstrap over clients: 95% intervals of each ROC AUC and of ``ref`` minus each other model."""
+def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], refs: list[str], b: int, seed: int = 0) -> dict:
+    """Paired bootstrap over clients: 95% intervals of each ROC AUC and of each of ``refs`` minus each other
+    model."""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
@@ -279,51 +299,97 @@ def bootstrap(y: np.ndarray, scores: dict[str, np.ndarray], ref: str, b: int, se
             aucs[k].append(roc_auc_score(yy, s[idx]))
         done += 1
     ci = lambda a: [round(float(np.percentile(a, 2.5)), 4), round(float(np.percentile(a, 97.5)), 4)]  # noqa: E731
-    out = {"resamples": b, "roc_auc_95ci": {k: ci(v) for k, v in aucs.items()}, f"{ref}_minus_95ci": {}}
-    for k in scores:
-        if k != ref:
-            d = np.array(aucs[ref]) - np.array(aucs[k])
-            out[f"{ref}_minus_95ci"][k] = ci(d) + [round(float((d <= 0).mean()), 4)]
-    out["note"] = f"{ref}_minus_95ci: [2.5%, 97.5%, share of resamples where {ref} does not beat the model]"
+    out = {"resamples": b, "roc_auc_95ci": {k: ci(v) for k, v in aucs.items()}}
+    for ref in refs:
+        out[f"{ref}_minus_95ci"] = {}
+        for k in scores:
+            if k != ref:
+                d = np.array(aucs[ref]) - np.array(aucs[k])
+                out[f"{ref}_minus_95ci"][k] = ci(d) + [round(float((d <= 0).mean()), 4)]
+    out["note"] = "REF_minus_95ci: [2.5%, 97.5%, share of resamples where REF does not beat the model]"
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 
 
-def run_gnn(home, cfg_path: Path, sets: list[str], seed: int, as_of: date, name: str) -> tuple[dict, pd.Series, object]:
-    """One ``run_training`` without Ray; the churn of the bundle read back through the registry."""
+def run_gnn(home, cfg_path: Path, sets: list[str], seed: int, as_of: date, suffix: str) -> tuple[dict, object]:
+    """One ``run_training`` without Ray; the bundle read back through the registry, and what the run says
+    of it (timings, the pipeline's own churn evaluation, ``churn_model``: the choice and its figures)."""
     from bundle import registry
     from training.config import load_run_config
     from training.pipeline import run_training
 
     cfg = load_run_config(cfg_path, ["ray.enabled=false", f"model.seed={seed}", *sets])[0]
-    say(f"GNN ({name}): training {cfg_path.name} seed {seed} at {as_of} (no Ray)")
+    say(f"pipeline (nba_bundle{suffix}): training {cfg_path.name} seed {seed} at {as_of} (no Ray)")
     t = time.perf_counter()
     report = run_training(home, cfg, as_of, log=lambda m: say("  " + m), promote=False)
     wall = time.perf_counter() - t
     bundle, v = registry.load_registered(home, report.registered.version)
     if bundle.churn is None:
-        sys.exit("the bundle carries no churn probabilities (no churn head)")
+        sys.exit("the bundle carries no churn probabilities (no churn model)")
     ev = (report.evaluation or {}).get("churn", {})
-    info = {"model": name, "seed": seed, "as_of": str(as_of), "registered_version": v,
+    choice = bundle.meta.get("churn_model") or {}
+    info = {"model": f"nba_bundle{suffix}", "label": f"nba_bundle{suffix} ({choice.get('chosen', 'unknown')})",
+            "seed": seed, "as_of": str(as_of), "registered_version": v,
             "best_epoch": report.result.best_epoch, "epochs_run": len(report.result.history),
             "prepare_s": round(report.seconds["prepare"], 1), "train_s": round(report.seconds["train"], 1),
             "evaluate_s": round(report.seconds["evaluate"], 1), "run_training_wall_s": round(wall, 1),
-            "pipeline_churn_eval": {k: ev.get(k) for k in ("roc_auc", "pr_auc", "base_rate", "ece")} if ev else None}
-    say(f"  -> version {v}, {wall:.0f} s; pipeline's churn ROC AUC {ev.get('roc_auc')}")
-    return info, pd.Series(np.asarray(bundle.churn, dtype="float64"), index=list(bundle.customer_ids)), bundle.encoder
+            "churn_model": choice or None,
+            "pipeline_churn_eval": {k: ev.get(k) for k in ("roc_auc", "pr_auc", "base_rate", "ece", "customers",
+                                                           "former_clients")} if ev else None}
+    say(f"  -> version {v}, {wall:.0f} s; churn model {choice.get('chosen')} ({choice.get('reason')}); "
+        f"pipeline's churn ROC AUC {ev.get('roc_auc')}")
+    return info, bundle
 
 
-def compare(test: pd.DataFrame, train: pd.DataFrame, gnn: dict[str, pd.Series], gnn_runs: list[dict], encoder,
+def pipeline_scores(bundle, frame: pd.DataFrame, suffix: str) -> tuple[dict[str, pd.Series], dict]:
+    """The bundle's churn (``nba_bundle``) and the network head's (``gnn_head``, recomputed from the bundle's
+    network on the bundle encoder's features of ``frame``: the features at the bundle's as_of), indexed by
+    customer_id; and ``consistency``: how far the bundle's churn is from the chosen model on those features."""
+    import joblib
+    import torch
+
+    from training.model import from_bundle
+
+    ids = list(bundle.customer_ids)
+    bundle_churn = pd.Series(np.asarray(bundle.churn, dtype="float64"), index=ids)
+    out = {f"nba_bundle{suffix}": bundle_churn}
+    frame = frame.set_index("customer_id").loc[ids].reset_index()
+    x = bundle.encoder.transform(frame)
+    model = from_bundle(bundle)
+    choice = bundle.meta.get("churn_model") or {}
+    check: dict = {"chosen": choice.get("chosen")}
+    if model.churn is not None:
+        with torch.no_grad():
+            head = torch.sigmoid(model.churn_logit(torch.from_numpy(x))).numpy().astype("float64")
+        out[f"gnn_head{suffix}"] = pd.Series(head, index=ids)
+        if choice.get("chosen") in (None, "gnn_head"):
+            check["max_abs_diff_to_head"] = float(np.abs(head - bundle_churn.to_numpy()).max())
+    if choice.get("file") and (bundle.path / choice["file"]).exists():
+        gbm = joblib.load(bundle.path / choice["file"])
+        p = gbm.predict_proba(x)[:, 1]
+        check["gradient_boosting_file"] = choice["file"]
+        if choice.get("chosen") == "gradient_boosting":
+            check["max_abs_diff_to_gradient_boosting"] = float(np.abs(p - bundle_churn.to_numpy()).max())
+    elif choice.get("file"):
+        check["gradient_boosting_file"] = f"{choice['file']} named in the meta but not in {bundle.path}"
+    diffs = [v for k, v in check.items() if k.startswith("max_abs_diff")]
+    say(f"  nba_bundle{suffix} = {check['chosen']}; largest difference to the chosen model recomputed: "
+        f"{max(diffs) if diffs else 'not checked'}")
+    return out, check
+
+
+def compare(test: pd.DataFrame, train: pd.DataFrame, pipeline: dict[str, pd.Series], runs: list[dict], encoder,
             n_boot: int) -> dict:
-    """Baselines trained on ``train``; every model scored on ``test`` (columns y, held_at_as_of, held_before)."""
-    ref = next(iter(gnn))
-    ids = gnn[ref].index
+    """Baselines trained on ``train``; every model scored on ``test`` (columns y, held_at_as_of, held_before).
+    ``pipeline``: the scores of the pipeline's runs (``nba_bundle*``, ``gnn_head*``) by customer_id."""
+    ref = next(iter(pipeline))
+    ids = pipeline[ref].index
     if sorted(ids) != sorted(test["customer_id"]):
-        sys.exit("the GNN's customers and the evaluation frame's differ")
+        sys.exit("the bundle's customers and the evaluation frame's differ")
     test = test.set_index("customer_id").loc[list(ids)].reset_index()
-    scores = {k: s.loc[list(ids)].to_numpy() for k, s in gnn.items()}
+    scores = {k: s.loc[list(ids)].to_numpy() for k, s in pipeline.items()}
     numeric, categorical = list(encoder.numeric), list(encoder.categorical)
 
     holders = test["held_at_as_of"].astype(bool).to_numpy()
@@ -338,13 +404,15 @@ def compare(test: pd.DataFrame, train: pd.DataFrame, gnn: dict[str, pd.Series], 
         "n_products_disagrees_with_holdings": int((np_col != holders).sum()),
         "train_clients": int(len(train)), "train_churners": int(train["y"].sum()),
         "train_holders": int(train["held_at_as_of"].sum()),
+        "train_holders_churners": int(train.loc[train["held_at_as_of"].astype(bool), "y"].sum()),
         "train_excluded_left": int((~train["held_at_as_of"] & train["held_before"]).sum()),
     }}
     pop = out["population"]
     say(f"evaluation: {pop['eval_clients']:,} clients, {pop['holders']:,} holders, {pop['excluded']:,} excluded "
         f"({pop['excluded_left_before']:,} left before, {pop['excluded_never_held']:,} never held), "
         f"{pop['churners']} churners ({pop['churners_outside_holders']} outside the holders); training rows: "
-        f"{pop['train_clients']:,} ({pop['train_churners']} churners)")
+        f"{pop['train_clients']:,} ({pop['train_churners']} churners), holders {pop['train_holders']:,} "
+        f"({pop['train_holders_churners']} churners)")
 
     base = fit_baselines(train, test, numeric, categorical)
     train_h = train[train["held_at_as_of"].astype(bool)].reset_index(drop=True)
@@ -353,27 +421,41 @@ def compare(test: pd.DataFrame, train: pd.DataFrame, gnn: dict[str, pd.Series], 
         scores[k] = v["score"]
         say(f"  {k}: trained in {v['train_seconds']} s on {v['train_rows']:,} rows")
 
+    def run_of(name: str) -> dict | None:
+        suffix = name.removeprefix("nba_bundle").removeprefix("gnn_head")
+        return next((r for r in runs if r["model"] == f"nba_bundle{suffix}"), None)
+
     models = {}
     for k, s in scores.items():
-        run = next((r for r in gnn_runs if r["model"] == k), None)
-        models[k] = {
-            "train_seconds": run["train_s"] if run else base[k]["train_seconds"],
-            "train_rows": pop["train_clients"] if run else base[k]["train_rows"],
+        run = run_of(k) if k in pipeline else None
+        if run:
+            chosen = (run.get("churn_model") or {}).get("chosen")
+            head = k.startswith("gnn_head") or chosen == "gnn_head"
+            entry = {"label": run["label"] if k.startswith("nba_bundle") else k,
+                     # the head trains with the network; gradient boosting is fitted in the evaluate phase
+                     "train_seconds": run["train_s"] if head else None,
+                     "train_rows": "the pipeline's churn examples less its validation share"}
+        else:
+            entry = {"label": k, "train_seconds": base[k]["train_seconds"], "train_rows": base[k]["train_rows"],
+                     "n_iter": base[k]["n_iter"]}
+        entry.update({
             "holders": metrics(y_all[holders], s[holders]),
             "all": metrics(y_all, s) if 0 < y_all.sum() < len(y_all) else None,
             "mean_predicted_excluded": round(float(s[~holders].mean()), 5) if (~holders).any() else None,
-        }
-        if not run:
-            models[k]["n_iter"] = base[k]["n_iter"]
+        })
+        models[k] = entry
     out["models"] = models
+    refs = [k for k in ("nba_bundle", "gnn_head") if k in scores]
     t = time.perf_counter()
-    out["bootstrap_holders"] = bootstrap(y_all[holders], {k: s[holders] for k, s in scores.items()}, ref, n_boot)
+    out["bootstrap_holders"] = bootstrap(y_all[holders], {k: s[holders] for k, s in scores.items()}, refs, n_boot)
     out["bootstrap_seconds"] = round(time.perf_counter() - t, 1)
 
-    say("\nmodel               train s   ROC AUC holders (all)   PR AUC holders (all)   Brier     mean p   ECE10w  ECE10q")
+    say("\nmodel                                 train s   ROC AUC holders (all)   PR AUC holders (all)   Brier     "
+        "mean p   ECE10w  ECE10q")
     for k, m in models.items():
         h, a = m["holders"], m["all"] or {"roc_auc": float("nan"), "pr_auc": float("nan")}
-        say(f"{k:20s} {m['train_seconds']:7.1f}   {h['roc_auc']:.4f} ({a['roc_auc']:.4f})       "
+        secs = m["train_seconds"] if m["train_seconds"] is not None else float("nan")
+        say(f"{m['label']:38s} {secs:7.1f}   {h['roc_auc']:.4f} ({a['roc_auc']:.4f})       "
             f"{h['pr_auc']:.4f} ({a['pr_auc']:.4f})        {h['brier']:.5f}  {h['mean_predicted']:.4f}  "
             f"{h['ece_10_equal_width']:.4f}  {h['ece_10_equal_count']:.4f}")
     say(f"(base rate among holders {models[ref]['holders']['base_rate']:.4f})\n")
@@ -451,7 +533,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7, help="the synthetic bank's seed (first run only)")
     ap.add_argument("--config", type=Path, default=REPO / "configs/train.yaml")
     ap.add_argument("--set", action="append", default=[], help="training config override section.key=value")
-    ap.add_argument("--gnn-seeds", default="0", help="comma-separated model.seed values: one backtest GNN run each")
+    ap.add_argument("--gnn-seeds", default="0",
+                    help="comma-separated model.seed values: one backtest pipeline run each")
     ap.add_argument("--as-of", default=None, help="backtest date (default: data end - horizon)")
     ap.add_argument("--no-truth", action="store_true", help="skip the production-model check on the bank's truth")
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -482,29 +565,31 @@ def main() -> None:
                 "gnn_config": str(cfg_path.relative_to(REPO) if cfg_path.is_relative_to(REPO) else cfg_path),
                 "gnn_overrides": ["ray.enabled=false", *args.set]})
 
-    # 1. The backtest: as the pipeline evaluates the churn head (store labels of the horizon after as_of).
-    gnn_runs, gnn, encoder = [], {}, None
-    for i, seed in enumerate(int(s) for s in args.gnn_seeds.split(",") if s.strip()):
-        name = "gnn" if i == 0 else f"gnn_seed{seed}"
-        info, churn, enc = run_gnn(home, cfg_path, args.set, seed, as_of, name)
-        gnn_runs.append(info)
-        gnn[name] = churn
-        encoder = encoder or enc
-    if not gnn_runs:
-        sys.exit("--gnn-seeds names no run")
+    # 1. The backtest: as the pipeline evaluates its churn model (store labels of the horizon after as_of).
     t = time.perf_counter()
     test = labelled(home, version, as_of, horizon)
     train = labelled(home, version, past, horizon)
     frames_s = round(time.perf_counter() - t, 1)
+    runs, pipeline, checks, encoder = [], {}, {}, None
+    for i, seed in enumerate(int(s) for s in args.gnn_seeds.split(",") if s.strip()):
+        suffix = "" if i == 0 else f"_seed{seed}"
+        info, bundle = run_gnn(home, cfg_path, args.set, seed, as_of, suffix)
+        scores, checks[info["model"]] = pipeline_scores(bundle, test, suffix)
+        runs.append(info)
+        pipeline.update(scores)
+        encoder = encoder or bundle.encoder
+    if not runs:
+        sys.exit("--gnn-seeds names no run")
     res["backtest"] = {
         "as_of": str(as_of),
-        "split": (f"temporal, as the GNN's churn head: trained on features at {past} with the churn of "
+        "split": (f"temporal, as the pipeline's churn models: trained on features at {past} with the churn of "
                   f"[{past}, {as_of}), evaluated on features at {as_of} with the churn of "
                   f"[{as_of}, {as_of + timedelta(days=horizon)}) (labels: feature_store.offline.label_frame)"),
-        "gnn_runs": gnn_runs, "frames_seconds": frames_s,
+        "churn_model": runs[0]["churn_model"], "pipeline_runs": runs, "consistency": checks,
+        "frames_seconds": frames_s,
         "inputs": {"numeric": len(encoder.numeric), "categorical": list(encoder.categorical),
-                   "note": "the columns of the bundle's fitted encoder (the churn head's inputs)"},
-        **compare(test, train, gnn, gnn_runs, encoder, args.bootstrap),
+                   "note": "the columns of the bundle's fitted encoder (the churn models' inputs)"},
+        **compare(test, train, pipeline, runs, encoder, args.bootstrap),
         "ablation": ablations(train, test, list(encoder.numeric), list(encoder.categorical))}
 
     # 2. The production model (trained at the data end) against the synthetic bank's truth of the next 90 days.
@@ -513,15 +598,18 @@ def main() -> None:
         if tf is None:
             res["truth"] = "skipped: no synthetic/_truth/future_churn in this home"
         else:
-            info, churn, enc = run_gnn(home, cfg_path, args.set, int(args.gnn_seeds.split(",")[0]), end, "gnn")
+            info, bundle = run_gnn(home, cfg_path, args.set, int(args.gnn_seeds.split(",")[0]), end, "")
+            scores, check = pipeline_scores(bundle, tf, "")
             train_t = labelled(home, version, end - timedelta(days=horizon), horizon)
             res["truth"] = {
                 "as_of": str(end),
                 "split": (f"temporal: trained on features at {end - timedelta(days=horizon)} with the churn of "
                           f"[{end - timedelta(days=horizon)}, {end}) from the store; evaluated on features at {end} "
                           f"with the generator's own churn of the 90 days after ({args.home}/synthetic/_truth)"),
-                "gnn_runs": [info], **compare(tf, train_t, {"gnn": churn}, [info], enc, args.bootstrap),
-                "cross_validated_on_truth": truth_cv(tf, list(enc.numeric), list(enc.categorical))}
+                "churn_model": info["churn_model"], "pipeline_runs": [info], "consistency": {info["model"]: check},
+                **compare(tf, train_t, scores, [info], bundle.encoder, args.bootstrap),
+                "cross_validated_on_truth": truth_cv(tf, list(bundle.encoder.numeric),
+                                                     list(bundle.encoder.categorical))}
 
     res["total_seconds"] = round(time.perf_counter() - t0, 1)
     res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -82,6 +82,37 @@ class Bundle:
         z = cal["a"] * self.scores(user_rows) + cal["b"] + off[None, :]
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
 
+    def propensity_for(self, user_rows: np.ndarray, tenure_days: np.ndarray | None = None,
+                       segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``([len(user_rows), n_products] P(opens within the horizon), [len(user_rows)] bool from_prior)``.
+
+        The calibrated model (:meth:`propensity`) for established clients; the bundle's prior of shrunk
+        base rates by segment and product (``meta["propensity_prior"]``, fitted in training) for new
+        clients (``tenure_days`` under the prior's ``new_client_max_tenure_days``: the calibration was
+        fitted on established clients only) and for everyone when the calibration could not be fitted.
+        ``tenure_days``/``segments`` ``[len(user_rows)]`` are the clients' features on the decision day
+        (None: every client counts as established, in no known segment).
+
+        Raises ``BundleError`` when the bundle has neither a calibration nor a prior.
+        """
+        user_rows = np.asarray(user_rows)
+        n, cal, prior = len(user_rows), self.meta.get("propensity"), self.meta.get("propensity_prior")
+        if not prior:
+            return self.propensity(user_rows), np.zeros(n, bool)
+        tenure = np.full(n, np.inf) if tenure_days is None else np.nan_to_num(
+            np.asarray(tenure_days, dtype="float64"), nan=np.inf)
+        new = tenure < prior["new_client_max_tenure_days"]
+        from_prior = np.ones(n, bool) if not cal else new
+        out = np.empty((n, len(self.product_ids)), np.float32)
+        if (~from_prior).any():
+            out[~from_prior] = self.propensity(user_rows[~from_prior])
+        segs = np.full(n, None, dtype=object) if segments is None else np.asarray(segments, dtype=object)
+        for i in np.flatnonzero(from_prior):
+            g = prior["groups"]["new" if new[i] else "established"]
+            rates = g["by_segment"].get(str(segs[i]), g["by_product"])
+            out[i] = [rates.get(p, g["by_product"].get(p, g["rate"])) for p in self.product_ids]
+        return out, from_prior
+
     def rows_of(self, customer_ids: list[str]) -> np.ndarray:
         """Row of each customer in the id map, -1 for customers the model does not know."""
         return pd.Index(self.customer_ids).get_indexer(customer_ids)

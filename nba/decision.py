@@ -62,9 +62,11 @@ class Inputs:
     product_propensity: np.ndarray  # [n, len(catalog.products)] P(open in 90 days); NaN: not scored
     churn: np.ndarray               # [n] churn probability; NaN: unknown
     model_version: str = ""
+    prior: np.ndarray | None = None  # [n] bool: the propensities are the prior's base rates, not the model's
 
     def take(self, idx) -> Inputs:
-        return Inputs(self.product_propensity[idx], self.churn[idx], self.model_version)
+        return Inputs(self.product_propensity[idx], self.churn[idx], self.model_version,
+                      None if self.prior is None else self.prior[idx])
 
 
 # The engine reads its clients either from a DataFrame (the daily run: every client) or from a mapping of
@@ -750,7 +752,8 @@ def _rows(feats, catalog, rows, act, chn, pri, control, note, detail, day, input
     actions = [catalog.actions[j] for j in a_idx]
     channels = np.array(CHANNELS, dtype=object)[c_idx]
     cohort = cohort_shares(feats, catalog)
-    reasons, points, data = explain(f, actions, P, detail["churn"], catalog, cohort, review, day)
+    reasons, points, data = explain(f, actions, P, detail["churn"], catalog, cohort, review, day,
+                                    prior=None if inputs.prior is None else inputs.prior[rows])
     out = pd.DataFrame({
         "date": day.isoformat(),
         "rm_id": f["rm_id"].astype(str).to_numpy(),
@@ -802,7 +805,7 @@ def cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
 #: The talking points' codes (:func:`explain`) and their fields, for pages that say them in other languages.
 #: ``facts`` holds ``parts``: a list of [code, fields] of the codes under it, said as one sentence.
 TALKING_POINT_CODES: dict[str, tuple[str, ...]] = {
-    "offer_propensity": ("product", "p"), "offer_peers": ("product", "share", "segment", "band"),
+    "offer_propensity": ("product", "p"), "offer_base_rate": ("product", "p"), "offer_peers": ("product", "share", "segment", "band"),
     "offer_review": (), "offer_suitable": ("level", "tolerance", "assessed_days"), "facts": ("parts",),
     "churn_risk": ("p",), "assets_down": ("p",), "last_contact": ("days",), "recent_mood": ("mood",),
     "retention_offer": ("action_id", "save_rate", "assets"), "birthday_today": ("turns",),
@@ -819,7 +822,8 @@ def _pct(x: float) -> str:
 
 def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,
             cohort: pd.DataFrame, review: np.ndarray, day: date,
-            records: list[dict] | None = None) -> tuple[list[str], list[str], list[list]]:
+            records: list[dict] | None = None, prior: np.ndarray | None = None
+            ) -> tuple[list[str], list[str], list[list]]:
     """Reason codes ('|'-joined), 1-3 talking points in English (' || '-joined) and the same talking
     points as data (a list of ``[code, {field: value}]``, one per point, stored as JSON in the daily
     decisions; see :data:`TALKING_POINT_CODES`) per decision on ``day``, from the evidence. The data lets a page say
@@ -845,9 +849,15 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
         stage = r.get("lifecycle_stage")
         if a.family == "product_offer":
             p = S.product_rows[a.product_id]
-            codes.append("model_propensity")
-            say(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days", "offer_propensity",
-                product=str(p["name"]), p=round(float(P[i]), 4))
+            if prior is not None and prior[i]:  # a new client, or no calibration: a base rate, said as one
+                codes.append("propensity_prior")
+                say(f"{p['name']}: {_pct(P[i])} of clients like this one open it within 90 days (a base rate, "
+                    f"not this client's model score)", "offer_base_rate", product=str(p["name"]),
+                    p=round(float(P[i]), 4))
+            else:
+                codes.append("model_propensity")
+                say(f"{p['name']}: {_pct(P[i])} likely to open it within 90 days", "offer_propensity",
+                    product=str(p["name"]), p=round(float(P[i]), 4))
             key = f"{r['segment']}|{bands[i]}"
             share = float(cohort.at[key, a.product_id]) if key in cohort.index else 0.0
             if share >= 0.2:
@@ -978,13 +988,13 @@ def realtime(f, catalog: Catalog, inputs: Inputs, day: date, history: pd.DataFra
     hist = _History(history, ids, catalog, day)
     d = score(f, catalog, inputs, hist, day, request)
     out = answers(ids, _records(f), feature_hashes(f) if hashes is None else hashes, inputs.churn, d, catalog,
-                  cohort, day, request, top)
+                  cohort, day, request, top, prior=inputs.prior)
     return (out, d) if detail else out
 
 
 def answers(ids: Sequence[str], records: list[dict], hashes: Sequence[str], churn: np.ndarray, d: dict,
             catalog: Catalog, cohort: pd.DataFrame, day: date, request: Request | None = None,
-            top: int = 5) -> list[dict]:
+            top: int = 5, prior: np.ndarray | None = None) -> list[dict]:
     """:func:`realtime`'s answers from :func:`score`'s arrays ``d`` for clients ``ids`` (their feature
     rows as dicts ``records``, :func:`feature_hashes` and churn probabilities ``churn``, aligned)."""
     S = _static(catalog)
@@ -1016,7 +1026,8 @@ def answers(ids: Sequence[str], records: list[dict], hashes: Sequence[str], chur
                 continue
             acts = [catalog.actions[j] for j in order]
             reasons, points, data = explain(None, acts, d["P"][i, order], np.repeat(churn[i], len(order)),
-                                            catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order))
+                                            catalog, cohort, d["rm_review"][i, order], day, records=[r] * len(order),
+                                            prior=None if prior is None else np.repeat(prior[i], len(order)))
             for k, (j, a) in enumerate(zip(order, acts)):
                 c = CHANNELS[d["action_channel"][i, j]]
                 row["actions"].append({

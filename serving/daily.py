@@ -182,15 +182,20 @@ def model_inputs(bundle: Bundle, feats: pd.DataFrame, catalog: Catalog, version_
     rows = bundle.rows_of(feats["customer_id"].astype(str).tolist())
     known = rows >= 0
     pp = np.full((len(feats), len(catalog.products)), np.nan, np.float32)
+    prior = np.zeros(len(feats), bool)
     if known.any():
         # Catalog products the model does not know (col -1) read the appended NaN column.
         col = pd.Index(bundle.product_ids).get_indexer(catalog.products.index)
-        full = bundle.propensity(rows[known])
+        tenure = pd.to_numeric(feats["tenure_days"], errors="coerce").to_numpy() if "tenure_days" in feats else None
+        segs = feats["segment"].astype(str).to_numpy() if "segment" in feats else None
+        full, from_prior = bundle.propensity_for(rows[known], None if tenure is None else tenure[known],
+                                                 None if segs is None else segs[known])
         pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, col]
+        prior[known] = from_prior
     churn = np.full(len(feats), np.nan, np.float32)
     if bundle.churn is not None:
         churn[known] = bundle.churn[rows[known]]
-    return Inputs(pp, churn, version_label)
+    return Inputs(pp, churn, version_label, prior)
 
 
 def states_frame(feats: pd.DataFrame, churn: np.ndarray) -> pd.DataFrame:

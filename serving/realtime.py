@@ -87,6 +87,7 @@ class ServingState:
     day_rows: dict = field(default_factory=dict)  # customer_id -> row of ``scores`` and ``churn``
     scores: DayScores | None = None  # nba.decision.day_scores of every client of the day, [n_clients, ...]
     churn: np.ndarray | None = None   # [n_clients] churn probability from the model (NaN: unknown)
+    prior: np.ndarray | None = None   # [n_clients] bool: propensities from the bundle's prior (base rates)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -200,7 +201,9 @@ class DecisionService:
         rows = {c: i for i, c in enumerate(b.customer_ids)}
         product_col = pd.Index(b.product_ids).get_indexer(catalog.products.index)
         day_ids = feats["customer_id"].astype(str).tolist()
-        inputs = _model_inputs(b, rows, product_col, day_ids, f"{mv.name}/{mv.version}")
+        inputs = _model_inputs(b, rows, product_col, day_ids, f"{mv.name}/{mv.version}",
+                               pd.to_numeric(feats["tenure_days"], errors="coerce").to_numpy(),
+                               feats["segment"].astype(str).to_numpy())
         parts = [day_scores(feats.iloc[s:s + DAY_CHUNK], catalog, inputs.take(slice(s, s + DAY_CHUNK)), day)
                  for s in range(0, len(feats), DAY_CHUNK)] or [day_scores(feats, catalog, inputs, day)]
         scores = DayScores({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
@@ -215,7 +218,7 @@ class DecisionService:
             product_col=product_col, day=day,
             online_version=str(live.get("version")), store_version=store.name, cohort=cohort, kinds=kinds,
             rows=rows, store_history=hist, meta=dict(b.meta), metrics=run_metrics,
-            day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, churn=inputs.churn)
+            day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, churn=inputs.churn, prior=inputs.prior)
 
     # -- reading clients ----------------------------------------------------------------------------
 
@@ -244,9 +247,12 @@ class DecisionService:
                 cols[c] = np.array(vals, dtype=object)
         return ids, cols
 
-    def inputs(self, ids: Sequence[str], state: ServingState) -> Inputs:
-        """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it)."""
-        return _model_inputs(state.bundle, state.rows, state.product_col, ids, state.label)
+    def inputs(self, ids: Sequence[str], state: ServingState, cols: dict | None = None) -> Inputs:
+        """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it);
+        ``cols``: their feature columns (tenure and segment decide who gets the prior), if at hand."""
+        cols = cols or {}
+        return _model_inputs(state.bundle, state.rows, state.product_col, ids, state.label,
+                             cols.get("tenure_days"), cols.get("segment"))
 
     def rows_of(self, customer_ids: Sequence[str], state: ServingState, rm_id: str | None = None) -> OnlineRows:
         """The live online feature rows of the known clients among ``customer_ids`` (in their order) as
@@ -330,14 +336,14 @@ class DecisionService:
             # The online store moved on before this state was reloaded: the day's scores are not these
             # rows', so the whole engine runs on them.
             cols = _columns(rows.records, state.kinds)
-            out, d = realtime(cols, state.catalog, self.inputs(ids, state), state.day, self.history(ids, state),
+            out, d = realtime(cols, state.catalog, self.inputs(ids, state, cols), state.day, self.history(ids, state),
                               state.cohort, request, top, detail=True, hashes=rows.hashes)
         else:
             at = np.array(at, dtype=np.int64)
             hist = _History(self.history(ids, state), ids, state.catalog, state.day)
             d = finish(state.scores.take(at), state.catalog, hist, request, best=False)
             out = answers(ids, rows.records, rows.hashes, state.churn[at], d, state.catalog, state.cohort,
-                          state.day, request, top)
+                          state.day, request, top, prior=state.prior[at])
         now = self.clock()
         rows = []  # the ledger's
         for r in out:
@@ -372,7 +378,8 @@ class DecisionService:
         if rows.version == state.online_version and customer_id in state.day_rows:
             d = state.scores.take([state.day_rows[customer_id]])
         else:  # the online store moved on before this state was reloaded
-            d = day_scores(_columns(rows.records, state.kinds), state.catalog, self.inputs(rows.ids, state), state.day)
+            cols = _columns(rows.records, state.kinds)
+            d = day_scores(cols, state.catalog, self.inputs(rows.ids, state, cols), state.day)
         rb = d["removed_by"][0]
         blocking = {RULES.index(r) + 1 for r in DAY_RULES}
         best: dict[str, dict] = {}
@@ -440,8 +447,8 @@ class DecisionService:
                         if rows.version == state.online_version and None not in at:
                             d = state.scores.take(np.array(at, dtype=np.int64))
                         else:  # the online store moved on before this state was reloaded
-                            d = day_scores(_columns(recs, state.kinds), state.catalog, self.inputs(ids, state),
-                                           state.day)
+                            cols = _columns(recs, state.kinds)
+                            d = day_scores(cols, state.catalog, self.inputs(ids, state, cols), state.day)
                         passed &= ~np.isin(d["removed_by"][:, offer],
                                            [RULES.index(r) + 1 for r in DAY_RULES if r != "consent"])
                     ok.loc[np.asarray(ids, dtype=object)[passed]] = True
@@ -485,19 +492,25 @@ def _columns(records: list[dict], kinds: dict) -> dict[str, np.ndarray]:
 DAY_CHUNK = 50_000  # clients per day_scores call at load (bounds the [n, actions, channels] temporaries)
 
 
-def _model_inputs(b: Bundle, rows: dict, product_col: np.ndarray, ids: Sequence[str], label: str) -> Inputs:
+def _model_inputs(b: Bundle, rows: dict, product_col: np.ndarray, ids: Sequence[str], label: str,
+                  tenure_days: np.ndarray | None = None, segments: np.ndarray | None = None) -> Inputs:
     """The bundle's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it).
-    ``rows``: customer_id -> bundle row; ``product_col``: each catalog product's bundle column (-1: none)."""
+    ``rows``: customer_id -> bundle row; ``product_col``: each catalog product's bundle column (-1: none);
+    ``tenure_days``/``segments`` [n]: the clients' features (new clients get the bundle's prior,
+    :meth:`bundle.Bundle.propensity_for`)."""
     at = np.array([rows.get(c, -1) for c in ids], dtype=np.int64)
     known = at >= 0
     pp = np.full((len(ids), len(product_col)), np.nan, np.float32)
     churn = np.full(len(ids), np.nan, np.float32)
+    prior = np.zeros(len(ids), bool)
     if known.any():
-        full = b.propensity(at[known])
+        full, from_prior = b.propensity_for(at[known], None if tenure_days is None else np.asarray(tenure_days)[known],
+                                            None if segments is None else np.asarray(segments, dtype=object)[known])
         pp[known] = np.hstack([full, np.full((len(full), 1), np.nan, np.float32)])[:, product_col]
+        prior[known] = from_prior
         if b.churn is not None:
             churn[known] = b.churn[at[known]]
-    return Inputs(pp, churn, label)
+    return Inputs(pp, churn, label, prior)
 
 
 def _check_bundle(b: Bundle, version: int) -> None:
@@ -506,7 +519,7 @@ def _check_bundle(b: Bundle, version: int) -> None:
         if not np.isfinite(arr).all():
             raise BundleError(f"model version {version}: {name} contain NaN or infinite values")
     sample = np.arange(min(len(b.customer_ids), 256))
-    if len(sample) and not np.isfinite(b.propensity(sample)).all():
+    if len(sample) and not np.isfinite(b.propensity_for(sample)[0]).all():
         raise BundleError(f"model version {version}: propensities are not finite")
 
 

@@ -63,7 +63,9 @@ class Server:
 
 def start_server(home, ledger_url: str, workdir: Path, *args: str) -> Server:
     """``python -m apps.cli --home HOME serve --port P --ledger-url URL ARGS`` in its own process group,
-    stdout and stderr to ``workdir/server.log``; returns once ``/readyz`` answers 200."""
+    stdout and stderr to ``workdir/server.log``; returns once ``/readyz`` answers 200 and every worker
+    (``--workers N``) has logged its startup (a worker loads the model and the day's scores on start)."""
+    workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
     port = _free_port()
     log = workdir / "server.log"
     env = {**os.environ, "NBA_SERVE_CLOCK": NOON.isoformat(), "PYTHONUNBUFFERED": "1"}
@@ -80,7 +82,8 @@ def start_server(home, ledger_url: str, workdir: Path, *args: str) -> Server:
         if proc.poll() is not None:
             pytest.fail(f"the server exited with {proc.returncode}:\n{server.text()[-3000:]}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200 \
+                    and server.text().count("Application startup complete") >= workers:
                 return server
         except httpx.TransportError:
             pass

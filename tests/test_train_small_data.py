@@ -107,6 +107,13 @@ def test_without_validation_the_log_says_what_happened(home):
     text = "\n".join(lines)
     assert "best epoch -1" not in text
     assert "kept the last epoch (2; 3 run): no validation pairs" in text
+    # No held-out openings: no calibration, so every client's propensity is the prior, and says so.
+    from bundle import read_bundle
+    b = read_bundle(r.bundle_dir)
+    assert b.meta["propensity"] is None and b.meta["propensity_prior"]["groups"]["established"]["clients"] > 100
+    assert "every client's propensity is the prior of shrunk base rates" in text
+    P, from_prior = b.propensity_for(np.arange(len(b.customer_ids)))
+    assert from_prior.all() and np.isfinite(P).all() and (P > 0).all() and (P < 0.5).all()
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ from bundle import registry, write_bundle
 from feature_store.materialize import default_as_of, features_at, time_zone
 from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
+from nba.decision import held_matrix
 from nba.errors import StoreError
+from nba.features import LABEL_OPENED as F_LABEL_OPENED
 from nba.home import Home
 from nba.metrics import average_precision, calibration, cap_ks, ranking_metrics, roc_auc
 from nba.ranking import top_k
@@ -73,6 +75,7 @@ class Prepared:
     present: np.ndarray | None = None  # [num_users] bool in graph order: holds a product at as_of
     churn_val_x: np.ndarray | None = None  # [n_val, f] churn examples held out to choose the churn model
     churn_val_y: np.ndarray | None = None  # [n_val] bool
+    propensity_prior: dict | None = None  # base rates of opening (propensity_prior), for the bundle
 
 
 def holds_a_product(feats: pd.DataFrame) -> np.ndarray:
@@ -124,7 +127,9 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     past = as_of - timedelta(days=h)
     labels = label_frame(version, past, h)
     if len(labels):
-        past_feats = features_at(home, past, version).merge(labels[["customer_id", "label_churn"]], on="customer_id")
+        window_feats = features_at(home, past, version)
+        prepared.propensity_prior = propensity_prior(window_feats, labels, graph.product_ids, h, past, as_of)
+        past_feats = window_feats.merge(labels[["customer_id", "label_churn"]], on="customer_id")
         present = holds_a_product(past_feats)
         prepared.churn_former = int((~present).sum())
         past_feats = past_feats[present]
@@ -153,6 +158,53 @@ def embed(model: HybridGNN, prepared: Prepared) -> tuple[np.ndarray, np.ndarray,
     if model.churn is not None:
         churn = torch.sigmoid(model.churn_logit(torch.from_numpy(full.churn_x))).numpy()
     return u.numpy(), i.numpy(), churn
+
+
+PRIOR_SHRINK = 50.0  # clients' worth of pseudo-observations pulling a rate toward the next coarser one
+
+
+def propensity_prior(feats: pd.DataFrame, labels: pd.DataFrame, product_ids: list[str], horizon_days: int,
+                     start: date, end: date, shrink: float = PRIOR_SHRINK) -> dict:
+    """Base rates of opening each product within ``horizon_days`` (probability), from the window
+    ``[start, end)``: among the clients of ``feats`` (features at ``start``) not holding product p then,
+    the share that opened p in the window (``labels``: :func:`feature_store.offline.label_frame` at
+    ``start``). Former clients are left out. Two groups, as the calibration's population is: ``new``
+    (tenure under ``horizon_days`` at ``start``) and ``established``.
+
+    Each (group, segment, product) rate is shrunk toward its (group, product) rate, and that toward the
+    group's rate over every product: ``(opened + k x coarser) / (eligible + k)`` with ``k = shrink``
+    (additive smoothing toward a prior mean, as in empirical-Bayes rate estimates). The bundle uses it
+    where the Platt calibration cannot be applied: for every client when too few openings were held out
+    to fit it, and for new clients always (the fit is on established clients only).
+    """
+    f = feats.merge(labels[["customer_id", F_LABEL_OPENED]], on="customer_id", how="inner")
+    f = f[holds_a_product(f) | (pd.to_numeric(f.get("tenure_days"), errors="coerce").fillna(0) < horizon_days)]
+    products = pd.Index(product_ids)
+    held = held_matrix(f, products)  # [n, m]
+    opened = held_matrix(pd.DataFrame({"held_products": f[F_LABEL_OPENED].to_numpy()}), products)
+    tenure = pd.to_numeric(f["tenure_days"], errors="coerce").fillna(0).to_numpy()
+    group = np.where(tenure < horizon_days, "new", "established")
+    segment = f["segment"].astype(str).to_numpy() if "segment" in f else np.full(len(f), "all")
+    out: dict = {"method": "base_rate_shrunk", "horizon_days": int(horizon_days), "window": [str(start), str(end)],
+                 "shrink": shrink, "new_client_max_tenure_days": int(horizon_days), "groups": {}}
+    for g in ("established", "new"):
+        in_g = group == g
+        elig = {p: ~held[:, j] & in_g for j, p in enumerate(product_ids)}
+        hit = {p: opened[:, j] & elig[p] for j, p in enumerate(product_ids)}
+        n_all = sum(int(e.sum()) for e in elig.values())
+        o_all = sum(int(h.sum()) for h in hit.values())
+        base = (o_all + 1.0) / (n_all + 1.0 * len(product_ids) + 1.0) if n_all else 0.0
+        by_product, by_segment = {}, {}
+        for p in product_ids:
+            rp = (int(hit[p].sum()) + shrink * base) / (int(elig[p].sum()) + shrink)
+            by_product[p] = round(float(rp), 6)
+            for s_ in np.unique(segment[in_g]) if in_g.any() else []:
+                m = segment == s_
+                by_segment.setdefault(str(s_), {})[p] = round(
+                    float((int((hit[p] & m).sum()) + shrink * rp) / (int((elig[p] & m).sum()) + shrink)), 6)
+        out["groups"][g] = {"clients": int(in_g.sum()), "openings": o_all, "rate": round(float(base), 6),
+                            "by_product": by_product, "by_segment": by_segment}
+    return out
 
 
 @torch.no_grad()
@@ -415,6 +467,9 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
 
         t = time.perf_counter()
         propensity = calibrate(result.model, prepared, cfg.data.valid_share, cfg.evaluation.horizon_days)
+        if propensity is None and prepared.propensity_prior is not None:
+            log("propensity calibration: too few held-out openings to fit it; every client's propensity is the "
+                "prior of shrunk base rates by segment and product (flagged on each decision)")
         user_emb, item_emb, churn = embed(result.model, prepared)
         churn_choice = choose_churn_model(result.model, prepared, churn, cfg.data.valid_seed)
         if churn_choice is not None:
@@ -439,7 +494,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                 "code_version": registry.code_version(), "best_epoch": result.best_epoch,
                 "selection": result.selection,
                 "rec_columns": prepared.graph.rec_columns.tolist(), "evaluation": evaluation,
-                "propensity": propensity,
+                "propensity": propensity, "propensity_prior": prepared.propensity_prior,
                 "churn_model": None if churn_choice is None else {
                     "chosen": churn_choice.chosen, "reason": churn_choice.reason,
                     "validation": churn_choice.validation,
