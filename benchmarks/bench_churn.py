@@ -440,8 +440,10 @@ def compare(test: pd.DataFrame, train: pd.DataFrame, pipeline: dict[str, pd.Seri
                      "n_iter": base[k]["n_iter"]}
         entry.update({
             "holders": metrics(y_all[holders], s[holders]),
-            "all": metrics(y_all, s) if 0 < y_all.sum() < len(y_all) else None,
-            "mean_predicted_excluded": round(float(s[~holders].mean()), 5) if (~holders).any() else None,
+            # the bundle gives no probability (NaN) to clients holding nothing: they count as 0 in "all"
+            "all": metrics(y_all, np.nan_to_num(s, nan=0.0)) if 0 < y_all.sum() < len(y_all) else None,
+            "mean_predicted_excluded": (round(float(np.nanmean(s[~holders])), 5)
+                                        if (~holders).any() and not np.isnan(s[~holders]).all() else None),
         })
         models[k] = entry
     out["models"] = models

@@ -9,6 +9,7 @@ future" check, is decided in the bank's zone: day D starts at local midnight.
 from __future__ import annotations
 
 import functools
+import os
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Literal
@@ -89,9 +90,18 @@ class BankConfig(BaseModel):
         return ZoneInfo(self.time_zone)
 
 
-@functools.lru_cache(maxsize=8)
 def load_bank_config(path: Path | None = None) -> BankConfig:
-    """``path``, else ``configs/bank.yaml``, else the defaults (UTC). Raises ``ConfigError``."""
+    """``path``, else the file named by ``$NBA_BANK_CONFIG``, else ``configs/bank.yaml``, else the
+    defaults (UTC). Raises ``ConfigError``."""
+    env = os.environ.get(BANK_CONFIG_ENV, "").strip()
+    return _load_bank_config(path or (Path(env) if env else None))
+
+
+BANK_CONFIG_ENV = "NBA_BANK_CONFIG"
+
+
+@functools.lru_cache(maxsize=8)
+def _load_bank_config(path: Path | None) -> BankConfig:
     return load_yaml(BankConfig, path, default_name="bank.yaml")
 
 

@@ -817,7 +817,8 @@ TALKING_POINT_CODES: dict[str, tuple[str, ...]] = {
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
+    """A probability as a percentage; under 1% with one decimal (a base rate of 0.2% is not "0%")."""
+    return f"{100 * x:.1f}%" if 0 < x < 0.00995 else f"{100 * x:.0f}%"
 
 
 def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog,

@@ -44,7 +44,7 @@ def test_the_head_is_kept_when_it_validates_better():
     tr, va = validation_split(y, seed=0)
     oracle = np.where(y[va], 0.9, 0.1)  # a head that knows the answer
     sel = select(x[tr], y[tr], x[va], y[va], oracle)
-    assert sel.chosen == "gnn_head" and "gnn_head 1.0000" in sel.reason
+    assert sel.chosen == "gnn_head" and "gnn_head 1.0000" in sel.reason and "too few" not in sel.reason
     head = np.full(3, 0.25, np.float32)
     assert sel.predict(x[:3], head) is head
 
@@ -55,3 +55,12 @@ def test_one_class_or_no_validation():
     assert sel.chosen == "none" and sel.gradient_boosting is None
     sel = select(x, y, x[:0], y[:0], None)
     assert sel.chosen == "gradient_boosting" and "without comparison" in sel.reason
+
+
+def test_a_choice_on_few_churners_says_so():
+    x, y = _xor(400, 3)
+    rng = np.random.default_rng(0)
+    y = rng.random(len(y)) < 0.05  # about 4 churners in the validation share
+    tr, va = validation_split(y, seed=0)
+    sel = select(x[tr], y[tr], x[va], y[va], np.full(len(va), 0.05))
+    assert f"({int(y[va].sum())} churners)" in sel.reason and "too few to tell the candidates apart" in sel.reason

@@ -544,3 +544,18 @@ def test_retention_value_counts_the_balances_at_stake():
     assert r.value == pytest.approx(ro.balance_margin * 150_000 * ro.value_years)
     out, _ = one({**row, "total_assets": 0.0}, churn=0.6, products=products)
     assert not (out.action_family == "retention_offer").any()  # nothing at stake: no retention offer
+
+
+def test_small_probabilities_are_not_said_as_zero():
+    from nba.decision import _pct
+    assert [_pct(x) for x in (0.0017, 0.0094, 0.0096, 0.12, 0.0)] == ["0.2%", "0.9%", "1.0%", "12%", "0%"]
+
+
+def test_the_banks_settings_can_live_outside_the_source_tree(tmp_path, monkeypatch):
+    from nba.bank import load_bank_config
+    own = tmp_path / "bank.yaml"
+    own.write_text("time_zone: Asia/Shanghai\n")
+    monkeypatch.setenv("NBA_BANK_CONFIG", str(own))
+    assert load_bank_config().time_zone == "Asia/Shanghai"
+    monkeypatch.delenv("NBA_BANK_CONFIG")
+    assert load_bank_config().time_zone != "Asia/Shanghai"

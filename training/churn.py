@@ -22,6 +22,7 @@ import numpy as np
 from nba.metrics import average_precision, calibration, roc_auc
 
 CANDIDATES = ("gnn_head", "gradient_boosting")
+MIN_VALIDATION_CHURNERS = 20  # below this, the choice is reported as weak
 VALIDATION_SHARE = 0.2
 
 
@@ -115,7 +116,12 @@ def select(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: n
         return out
     best = max(auc.values())
     out.chosen = "gradient_boosting" if auc.get("gradient_boosting") == best else max(auc, key=auc.get)
-    out.reason = "validation ROC AUC " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(auc.items()))
+    churners = int(y_val.sum())
+    out.reason = (f"validation ROC AUC on {len(y_val):,} examples ({churners:,} churners): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in sorted(auc.items())))
+    if churners < MIN_VALIDATION_CHURNERS:
+        out.reason += (f"; only {churners} churners held out, too few to tell the candidates apart "
+                       f"(the ROC AUC moves by about 1/{churners} per churner)")
     return out
 
 

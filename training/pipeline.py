@@ -475,6 +475,10 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         if churn_choice is not None:
             churn = churn_choice.predict(prepared.full.churn_x, churn)
             log(f"churn model: {churn_choice.chosen} ({churn_choice.reason})")
+        if churn is not None and prepared.present is not None and len(prepared.present) == len(churn):
+            # A client holding nothing at as_of cannot churn: no probability (the model never saw such
+            # rows and would say anything), rather than a figure the RM would read as a risk.
+            churn = np.where(prepared.present, churn, np.nan).astype(np.float32)
         bias = (result.model.item_bias.detach().numpy() if result.model.item_bias is not None
                 else np.zeros(d.num_items, np.float32))
         evaluation = evaluate(prepared, user_emb, item_emb, bias, churn, cfg.evaluation.horizon_days, cfg.evaluation.ks)
