@@ -365,7 +365,9 @@ def label_frame(version: StoreVersion, as_of: date, window_days: int) -> pd.Data
 
 def data_end(version: StoreVersion, time_zone: str = "UTC") -> date:
     """The first day after the latest event in the store (the extraction's horizon), in the bank's
-    ``time_zone``."""
+    ``time_zone``: interactions, transactions, holdings opened or closed, outcomes, and also consent
+    changes, complaints and onboardings (a bank that exports no interactions or transactions still has a
+    today)."""
     con = connect(version)
     local = lambda expr: local_date(expr, time_zone)  # noqa: E731
     try:
@@ -373,7 +375,10 @@ def data_end(version: StoreVersion, time_zone: str = "UTC") -> date:
             SELECT greatest(
                 {local("(SELECT max(ts) FROM interactions)")}, {local("(SELECT max(ts) FROM transactions)")},
                 (SELECT max(opened_at) FROM holdings), (SELECT max(closed_at) FROM holdings),
-                {local("(SELECT max(outcome_at) FROM action_outcomes)")})""").fetchone()[0]
+                {local("(SELECT max(outcome_at) FROM action_outcomes)")},
+                {local("(SELECT max(updated_at) FROM consents)")}, {local("(SELECT max(opened_at) FROM complaints)")},
+                {local("(SELECT max(resolved_at) FROM complaints)")},
+                (SELECT max(onboarded_at) FROM customers))""").fetchone()[0]
     finally:
         con.close()
     return (latest or date.min) + timedelta(days=1)

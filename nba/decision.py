@@ -481,8 +481,10 @@ def day_scores(f, catalog: Catalog, inputs: Inputs, day: date) -> DayScores:
     # products held plus a margin on the balances (assets and liabilities), which a bank's export may
     # carry when its product margins are unknown.
     ro = catalog.config.retention_offers
-    balances = _nan0(_f(f, "total_assets", 0)) + _nan0(_f(f, "total_liabilities", 0)) if _has(f, "total_liabilities") \
-        else _nan0(_f(f, "total_assets", 0))
+    balances = _nan0(_f(f, "total_assets", 0))
+    for col in ("total_liabilities", "balance_other"):  # `other` products (a pension): neither asset nor liability
+        if _has(f, col):
+            balances = balances + np.abs(_nan0(_f(f, col, 0)))
     at_risk = (client_margin + ro.balance_margin * balances) * ro.value_years
     health = _f(f, "health_score", 50)
     churn = inputs.churn
@@ -902,10 +904,13 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
                 parts.append(["recent_mood", {"mood": str(r["emotional_state"])}])
             say("; ".join(facts), "facts", parts=parts)
             ret = a.retention
+            # assets, `other` products (a pension) included
+            held_assets = sum(0.0 if v != v else v for v in (_number(r.get("total_assets", 0)),
+                                                            _number(r.get("balance_other", 0))))
             say(f"Offer {a.action_id.split(':', 1)[1].replace('_', ' ')}: keeps about {_pct(ret.save_rate)} "
-                f"of clients at risk; relationship worth {float(r.get('total_assets', 0)):,.0f} in assets",
+                f"of clients at risk; relationship worth {held_assets:,.0f} in assets",
                 "retention_offer", action_id=a.action_id, save_rate=round(float(ret.save_rate), 4),
-                assets=round(float(r.get("total_assets", 0)), 2))
+                assets=round(held_assets, 2))
         else:
             c = a.care
             t = c.trigger

@@ -282,6 +282,25 @@ def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
     return out
 
 
+#: What a table absent from the bank's export costs the day's lists (see README, "Tables a bank may not have").
+ABSENT_NOTES = {
+    "consents": "the bank exported no consents: with no record no contact is allowed, so no client can get an "
+                "action and the lists are empty (load the consents table to contact anyone)",
+    "interactions": "the bank exported no interactions: contact history, mood and silence are unknown, so no "
+                    "check-in fires on silence and contact caps count only the engine's own decisions",
+    "transactions": "the bank exported no transactions: balances at past dates are today's balances (trends are "
+                    "unknown, and a backtest or the churn examples see the balance after a closure)",
+    "complaints": "the bank exported no complaints: complaint follow-ups and complaint-first cannot fire",
+}
+
+
+def _absent(version, table: str) -> bool:
+    try:
+        return version.absent(table)
+    except Exception:  # noqa: BLE001 - a store written before absent tables were recorded: present
+        return False
+
+
 def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | None, ray_address: str | None,
                log, _kill_at: str | None, force: bool, ledger: Ledger) -> DailyResult:
     seconds = {}
@@ -292,6 +311,10 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
     catalog = load_catalog(products, catalog_path)
     for w in catalog.warnings:  # an override or variant for a product the bank lacks: skipped
         log("warning: " + w)
+    absent = [t for t in ("consents", "interactions", "transactions", "complaints") if _absent(version, t)]
+    data_notes = [ABSENT_NOTES[t] for t in absent]
+    for note in data_notes:
+        log("warning: " + note)
     rms = version.read("relationship_managers").to_pandas()
     capacity = dict(zip(rms["rm_id"].astype(str), rms["daily_capacity"].astype(int)))
     feats = features_at(home, day, version)
@@ -320,7 +343,8 @@ def _run_daily(home: Home, day: date, model: str | int, catalog_path: Path | Non
 
     t = time.perf_counter()
     path = write(home, day, decisions, {"model": label, "store_version": version.name, **stale, "catalog": str(catalog_path or
-                 "configs/actions.yaml"), "catalog_warnings": list(catalog.warnings), "clients": len(feats),
+                 "configs/actions.yaml"), "catalog_warnings": list(catalog.warnings), "absent_tables": absent, "data_notes": data_notes,
+                 "clients": len(feats),
                  "ray_address": address, "ledger": redact(ledger.url)},
                  _kill_at=_kill_at, states=states_frame(feats, inputs.churn))
     seconds["write"] = time.perf_counter() - t

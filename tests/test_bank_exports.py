@@ -4,7 +4,7 @@ that follows its products. Each test builds a small export in the test."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +339,28 @@ def _scores(feats: pd.DataFrame, catalog) -> dict:
     m = len(catalog.products)
     inputs = Inputs(np.full((len(f), m), 0.5), np.full(len(f), 0.1))
     return day_scores(f, catalog, inputs, D)
+
+
+def test_the_daily_run_says_what_each_absent_table_costs(lean):
+    """The daily run logs a warning per absent table and writes them to the day's manifest
+    (``absent_tables``, ``data_notes``); without consents it says why the lists are empty."""
+    from serving import daily
+    version, _ = lean
+    absent = [t for t in daily.ABSENT_NOTES if daily._absent(version, t)]
+    assert sorted(absent) == sorted(OPTIONAL)
+    assert "lists are empty" in daily.ABSENT_NOTES["consents"]
+    assert "balances at past dates are today's balances" in daily.ABSENT_NOTES["transactions"]
+
+
+def test_the_data_end_counts_consents_and_onboardings(tmp_path, store):
+    """Without interactions or transactions, the export's today is not the last holding event: a later
+    consent change (or onboarding) moves it, so the default day does not fall behind the export."""
+    from feature_store.offline import data_end
+    lean = ingest(export(tmp_path / "a"), store, now=NOW, extensions={})
+    later = date(2026, 5, 31)
+    assert data_end(lean) < later, "the holdings end earlier"
+    consents = pd.DataFrame([{"customer_id": "C1", "channel": "email", "allowed": True,
+                              "updated_at": f"{later.isoformat()}T10:00:00"}])
+    other = TableStore(tmp_path / "store2")
+    v = ingest(export(tmp_path / "b", extra={"consents": consents}), other, now=NOW, extensions={})
+    assert data_end(v) == later + timedelta(days=1)

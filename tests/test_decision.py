@@ -544,6 +544,9 @@ def test_retention_value_counts_the_balances_at_stake():
     assert r.value == pytest.approx(ro.balance_margin * 150_000 * ro.value_years)
     out, _ = one({**row, "total_assets": 0.0}, churn=0.6, products=products)
     assert not (out.action_family == "retention_offer").any()  # nothing at stake: no retention offer
+    out, _ = one({**row, "total_assets": 0.0, "balance_other": 28_000.0}, churn=0.6, products=products)
+    r = out.iloc[0]  # a pension in category `other` is at stake too
+    assert r.action_family == "retention_offer" and r.value == pytest.approx(ro.balance_margin * 28_000 * ro.value_years)
 
 
 def test_small_probabilities_are_not_said_as_zero():

@@ -187,6 +187,8 @@ def _planted(n_items: int, n_users: int = 80, seed: int = 0):
 
 
 def _cfg(**kw):
+    # planted data holds out few pairs: min_validation_pairs 0 lets them choose, to test how they choose
+    kw.setdefault("min_validation_pairs", 0)
     return TrainConfig(kind="lightgcn", dim=8, batch_size=64, min_steps_per_epoch=1, lr=0.05, seed=1, **kw)
 
 
@@ -298,3 +300,13 @@ def test_no_metric_and_no_validation_loss_falls_back_to_the_schedule():
     assert sel["criterion"] == "last_epoch" and r.best_epoch == 2 and len(r.history) == 3
     assert "same for any model" in sel["reason"] and "no validation loss" in sel["reason"]
     assert "val_recall@2" in r.history[0] and "val_loss" not in r.history[0]
+
+
+def test_too_few_validation_pairs_run_the_schedule():
+    data = _planted(5)
+    n = len(data.valid_users)
+    r = train_loop(_cfg(epochs=4, patience=1, min_validation_pairs=n + 1), data)
+    sel = r.selection
+    assert sel["criterion"] == "last_epoch" and r.best_epoch == 3 and len(r.history) == 4
+    assert f"only {n} validation pairs (model.min_validation_pairs {n + 1})" in sel["reason"]
+    assert "val_loss" in r.history[0], "the validation figures are still logged"

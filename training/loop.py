@@ -69,6 +69,9 @@ class TrainConfig(BaseModel):
     churn_weight: float = Field(1.0, ge=0)
     eval_every: int = Field(1, ge=1)
     patience: int = Field(5, ge=1)
+    min_validation_pairs: int = Field(100, ge=0, description=(
+        "fewer held-out pairs than this cannot choose an epoch (a recall or loss over a handful of pairs "
+        "is noise): the configured epochs run and the last one is kept; the metrics are still logged"))
     early_stop_metric: str = Field("recall@5", pattern=r"^((recall|precision|ndcg)@[1-9][0-9]*|loss)$", description=(
         "validation metric that chooses the epoch (higher is better); K above the catalogue size is capped "
         "to it (recall@10 with 5 products is recall@5); 'loss': the validation BPR loss (lower is better). "
@@ -332,6 +335,10 @@ def train_loop(cfg: TrainConfig, data: InteractionData,
     criterion, reason, why = "metric", None, None
     if not has_valid:
         criterion, reason = "schedule", "no validation pairs: the configured epochs ran and the last one is kept"
+    elif len(data.valid_users) < cfg.min_validation_pairs:
+        criterion, reason = "schedule", (f"only {len(data.valid_users)} validation pairs (model.min_validation_pairs "
+                                         f"{cfg.min_validation_pairs}): too few to choose an epoch on; the "
+                                         f"configured epochs ran and the last one is kept")
     elif metric == "loss" or (why := _constant_metric(metric, data)) is not None:
         criterion = "loss"
         if not len(vneg[0]):
