@@ -226,26 +226,8 @@ class DecisionService:
                  ) -> tuple[list[str], dict[str, np.ndarray]]:
         """The live online features of the known clients among ``customer_ids`` (in their order), as typed
         column arrays. With ``rm_id``, clients outside that RM's book are left out, exactly as unknown ones."""
-        columns, rows = self.online.get_rows(list(customer_ids))
-        pos = {c: k for k, c in enumerate(columns)}
-        rm_col = pos.get("rm_id")
-        found = [(c, r) for c, r in zip(customer_ids, rows)
-                 if r is not None and (rm_id is None or (rm_col is not None and r[rm_col] == rm_id))]
-        ids = [c for c, _ in found]
-        cols: dict[str, np.ndarray] = {}
-        if not found:
-            return ids, cols
-        by_column = list(zip(*(r for _, r in found)))  # one tuple of values per column of the snapshot
-        for c, kind in state.kinds.items():
-            k = pos.get(c)
-            vals = by_column[k] if k is not None else (None,) * len(found)
-            if kind == "num":
-                cols[c] = np.array([np.nan if v is None else v for v in vals], dtype="float64")
-            elif kind == "bool":
-                cols[c] = np.array([bool(v) for v in vals], dtype=bool)
-            else:
-                cols[c] = np.array(vals, dtype=object)
-        return ids, cols
+        rows = self.rows_of(customer_ids, state, rm_id)
+        return rows.ids, (_columns(rows.records, state.kinds) if rows.ids else {})
 
     def inputs(self, ids: Sequence[str], state: ServingState, cols: dict | None = None) -> Inputs:
         """The model's propensities [n, n_catalog_products] and churn [n] for ``ids`` (NaN: unknown to it);
