@@ -249,6 +249,15 @@ def profile_server(pid: int, args, script: Path, url: str, top: int = 40) -> dic
             "inclusive_pct": share(incl), "self_pct": share(own)}
 
 
+def finish_quick(res: dict, proc, server_log) -> None:
+    """``--quick``: stop the server and print what was measured (no targets checked)."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    server_log.close()
+    res["python_loop_10M_s_after"] = cpu_speed()
+    print(json.dumps({k: v for k, v in res.items() if k != "profile"}, indent=1))
+
+
 def cpu_speed() -> float:
     """Seconds for a fixed pure-Python loop (10M additions) on this machine now: the shared VM's speed
     moves by up to 2x from hour to hour, so every run records it next to its figures."""
@@ -318,6 +327,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="default: a free port")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to leave the CPUs alone")
+    ap.add_argument("--quick", action="store_true",
+                    help="only startup, /healthz and next-best-action at 4 connections (for iterating on speed)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--profile", type=Path, metavar="RAW",
                     help="at the end, sample the server with py-spy (--gil: where the GIL time goes) during "
@@ -374,6 +385,10 @@ def main() -> None:
         run_wrk(args.threads, 4, args.warmup, nba_lua, nba_url, "warm-up", proc.pid)
         res["healthz_c4"] = run_wrk(args.threads, 4, args.duration, get_lua, f"{base}/healthz", "healthz c4", proc.pid)
         res["nba_c4"] = run_wrk(args.threads, 4, args.duration, nba_lua, nba_url, "nba c4", proc.pid)
+        if args.quick:
+            if args.profile:
+                res["profile"] = profile_server(proc.pid, args, nba_lua, nba_url)
+            return finish_quick(res, proc, server_log)
         res["nba_c16"] = run_wrk(args.threads, 16, args.duration, nba_lua, nba_url, "nba c16", proc.pid)
 
         # /v1/score with 1,000 clients: a different batch each call; the first call is a warm-up.

@@ -72,7 +72,7 @@ from nba.schema import ACTION_FAMILIES, ACTION_OUTCOME_VALUES, CHANNELS
 
 from .outcomes import TABLE as OUTCOMES_TABLE
 from .outcomes import record_outcomes
-from .sql import ThreadConnections, default_url, redact
+from .sql import Prepared, ThreadConnections, default_url, redact
 from .sql import engine as make_engine
 from .store import StoreVersion, TableStore
 
@@ -236,6 +236,8 @@ class Ledger:
         self._reader = ThreadConnections(self.engine)  # the API's per-request history reads
         self._lock = threading.Lock()
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._one_history = Prepared(_ONE_CLIENT_HISTORY, self.engine)
+        self._lazy_inserts: dict[tuple, Prepared] = {}
         try:
             self._create()
         except sa.exc.OperationalError as e:
@@ -389,6 +391,17 @@ class Ledger:
         recs = self._records(rows, source, decided_at)
         if not recs:
             return 0
+        if not durable and len(recs) <= INSERT_CHUNK:
+            # The API's path (a few rows per request): the statement on the driver, compiled once per set
+            # of columns; the row count of an insert that skips conflicts is the number of new rows.
+            writer = self._lazy_writer()
+            keys = tuple(recs[0])
+            prepared = self._lazy_inserts.get(keys)
+            if prepared is None:
+                stmt = self._insert(decisions).on_conflict_do_nothing(index_elements=["decision_id"])
+                prepared = self._lazy_inserts[keys] = Prepared(stmt, writer.engine, list(keys))
+            with writer.driver(lazy_commit=True) as raw:
+                return max(prepared.execute_many(raw, recs), 0)
         stmt = (self._insert(decisions).on_conflict_do_nothing(index_elements=["decision_id"])
                 .returning(decisions.c.decision_id))
         n = 0
@@ -601,12 +614,12 @@ class Ledger:
             # needs no expanding IN list).
             ids = list(dict.fromkeys(str(x) for x in customer_ids))
             bounds = {"start": day - timedelta(days=days), "end": day}
-            with self._reader.read() as c:
-                if len(ids) == 1:
-                    result = c.execute(_ONE_CLIENT_HISTORY, {"id": ids[0], **bounds})
-                else:
-                    result = c.execute(_CLIENT_HISTORY, {"ids": ids, **bounds})
-                rows = [tuple(r) for r in result]
+            if len(ids) == 1:  # one client (the API's next best action): on the driver
+                with self._reader.driver() as raw:
+                    rows = self._one_history.fetch(raw, {"id": ids[0], **bounds})
+            else:
+                with self._reader.read() as c:
+                    rows = [tuple(r) for r in c.execute(_CLIENT_HISTORY, {"ids": ids, **bounds})]
             return _history_frame(rows, zone, decision_ids, as_rows)
         cutoff = day_start(known_before, zone) if known_before is not None else None
         on = o.c.decision_id == d.c.decision_id

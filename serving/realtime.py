@@ -242,14 +242,19 @@ class DecisionService:
         with their feature hashes (of the stored bytes) and the snapshot's version. With ``rm_id``,
         clients outside that RM's book are left out, exactly as unknown ones."""
         version, columns, docs = self.online.get_docs(list(customer_ids))
-        conv = [(c, state.kinds.get(c, "obj")) for c in columns]
+        num, flags = _typing_plan(tuple(columns), state.kinds)
         nan = float("nan")
         out = OnlineRows(version)
         for cid, doc in zip(customer_ids, docs):
             if doc is None:
                 continue
-            rec = {c: (nan if v is None else float(v)) if k == "num" else bool(v) if k == "bool" else v
-                   for (c, k), v in zip(conv, orjson.loads(doc))}
+            vals = orjson.loads(doc)
+            for i in num:
+                v = vals[i]
+                vals[i] = nan if v is None else float(v)
+            for i in flags:
+                vals[i] = bool(vals[i])
+            rec = dict(zip(columns, vals))
             if rm_id is not None and rec.get("rm_id") != rm_id:
                 continue
             out.ids.append(cid)
@@ -459,6 +464,22 @@ class OnlineRows:
     ids: list = field(default_factory=list)
     records: list = field(default_factory=list)
     hashes: list = field(default_factory=list)
+
+
+_PLANS: dict = {}
+
+
+def _typing_plan(columns: tuple, kinds: dict) -> tuple[list[int], list[int]]:
+    """Positions of the numeric and of the flag columns in an online document of ``columns``, as
+    ``kinds`` types them (kept per column list and kinds: computed once per snapshot, not per request)."""
+    key = (columns, id(kinds))
+    plan = _PLANS.get(key)
+    if plan is None or plan[0] is not kinds:
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        plan = _PLANS[key] = (kinds, [i for i, c in enumerate(columns) if kinds.get(c, "obj") == "num"],
+                              [i for i, c in enumerate(columns) if kinds.get(c, "obj") == "bool"])
+    return plan[1], plan[2]
 
 
 def _columns(records: list[dict], kinds: dict) -> dict[str, np.ndarray]:

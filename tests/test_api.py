@@ -190,6 +190,23 @@ def test_next_best_action_answer_and_context(client, keys, home):
     assert unknown.status_code == 422 and "offer:NOPE" in unknown.text
 
 
+def test_next_best_action_bodies_are_exactly_the_schema(client, keys):
+    """The endpoint writes its answer without a response model (orjson, for speed): each body must be
+    what schemas.Decision would have written, no field more or fewer, the same values and types."""
+    from apps.api import schemas
+
+    seen_control = seen_actions = 0
+    for i, cid in enumerate(keys["own"][:30] + keys["other"][:30]):
+        ctx = {"channel": "phone"} if i % 3 == 0 else {"campaign_id": "c1"} if i % 3 == 1 else None
+        r = nba(client, keys["campaign"], cid, top=3, **({"context": ctx} if ctx else {}))
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert schemas.Decision.model_validate(body).model_dump(mode="json") == body
+        seen_control += body["control_group"]
+        seen_actions += bool(body["actions"])
+    assert seen_actions  # answers with actions were among them
+
+
 def test_score_batch_with_candidates(client, keys):
     ids = keys["own"][:10] + ["NO-SUCH"]
     r = client.post("/v1/score", json={"customer_ids": ids, "candidates": ["CARD-GOLD", "care:birthday"]},

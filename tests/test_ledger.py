@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -431,11 +432,62 @@ def test_api_reads_and_lazy_writes_see_every_commit(ledger_url):
         assert seen() == ["N1"]  # an API decision counts once delivered, seen through the kept connection
         other.record_decisions([dec(2)], source="daily")
         assert sorted(seen()) == ["N1", "N2"]
-        kept = led._reader._local.c
-        kept.connection.dbapi_connection.close()  # the server dropped it
-        with pytest.raises(sa.exc.SQLAlchemyError):
+        kept = led._reader._local.raw  # one client's history is read on the driver (sql.Prepared)
+        kept.dbapi_connection.close()  # the server dropped it
+        with pytest.raises(led.engine.dialect.loaded_dbapi.Error):
             seen()
-        assert sorted(seen()) == ["N1", "N2"] and led._reader._local.c is not kept
+        assert sorted(seen()) == ["N1", "N2"] and led._reader._local.raw is not kept
     finally:
         led.close()
         other.close()
+
+
+def test_one_client_read_on_the_driver_equals_the_sqlalchemy_read(ledger):
+    """One client's history is read on the DB-API connection (feature_store.sql.Prepared, the API's
+    path); several clients' through SQLAlchemy. Dates, instants, booleans and NULLs come back the same."""
+    ledger.record_decisions([dec(1, day=D - timedelta(days=3))], source="api", decided_at=at(D - timedelta(days=3), 8),
+                            durable=False)
+    ledger.record_decisions([dec(2, control=True), dec(3, customer="C2")], source="api", decided_at=at(D, 7),
+                            durable=False)
+    ledger.record_decisions([dec(4, day=D - timedelta(days=1))], source="daily")
+    ledger.record_outcome("N1", "declined", idempotency_key="k1", key_id="key", source="api",
+                          outcome_at=at(D - timedelta(days=2), 9, 30), now=NOW)
+    ledger.record_outcome("N4", "accepted", idempotency_key="k4", key_id="key", source="api",
+                          outcome_at=at(D, 8), now=NOW)
+    one = ledger.history(D, ["C1"], decision_ids=True, as_rows=True)
+    both = ledger.history(D, ["C1", "C2"], decision_ids=True, as_rows=True)
+    assert sorted(one, key=str) == sorted([r for r in both if r[0] == "C1"], key=str)
+    assert {r[-1] for r in one} == {"N1", "N2", "N4"}
+    n1 = next(r for r in one if r[-1] == "N1")
+    assert isinstance(n1[3], date) and n1[4] == "declined" and n1[5] == D - timedelta(days=2)
+    assert [type(v) for v in n1] == [type(v) for v in next(r for r in both if r[-1] == "N1")]
+    # The driver's insert skips a decision already recorded, as the SQLAlchemy one does.
+    assert ledger.record_decisions([dec(1), dec(5)], source="api", decided_at=NOW, durable=False) == 1
+
+
+def test_wal_checkpointer_takes_checkpoints_off_the_commits(tmp_path):
+    """While a WalCheckpointer runs for a SQLite file, connections opened to it leave checkpoints to
+    its thread (wal_autocheckpoint=0) and the thread copies the log into the database; after it
+    stops, new connections checkpoint as SQLite does by default."""
+    from feature_store.sql import WalCheckpointer, engine
+
+    url = f"sqlite:///{tmp_path / 'serving.sqlite'}"
+    with WalCheckpointer(url, interval=0.05) as ckpt:
+        eng = engine(url, durable=False)
+        with eng.begin() as c:
+            assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            c.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        for i in range(200):
+            with eng.begin() as c:
+                c.exec_driver_sql("INSERT INTO t VALUES (?)", (i,))
+        deadline = time.monotonic() + 10
+        while ckpt.copied < 200 and time.monotonic() < deadline:  # a frame (at least) per commit
+            time.sleep(0.05)
+        assert ckpt.copied >= 200
+        eng.dispose()
+    later = engine(url)
+    with later.connect() as c:
+        assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+        assert c.exec_driver_sql("SELECT COUNT(*) FROM t").scalar() == 200
+    later.dispose()
+    WalCheckpointer("postgresql://u@h/db").start().stop()  # other databases: nothing to do

