@@ -157,11 +157,14 @@ def data_rollback(version: Annotated[str, typer.Argument(help="A kept version, e
 
 
 def _print_version(version) -> None:
+    from nba import features as F
+
     t = RichTable("table", "rows", "parts", "note")
     for name in version.tables:
         ext = version.extensions(name)
         note = "; ".join(filter(None, [
-            "absent from the export: its features are null" if version.absent(name) else "",
+            (F.ABSENT_NOTES.get(name, "absent from the export").split(": ", 1)[-1]
+             if version.absent(name) else ""),
             ("extensions: " + ", ".join(f"{c} ({k})" for c, k in ext.items())) if ext else ""]))
         t.add_row(name, f"{version.rows(name):,}", str(len(version.manifest['tables'][name]['parts'])), note)
     out.print(t)

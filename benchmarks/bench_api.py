@@ -327,6 +327,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0, help="default: a free port")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="first wait up to S seconds for other processes to leave the CPUs alone")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="uvicorn worker processes (the issue's targets are for 1; CPU figures then count the "
+                         "first process only)")
     ap.add_argument("--quick", action="store_true",
                     help="only startup, /healthz and next-best-action at 4 connections (for iterating on speed)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
@@ -366,7 +369,7 @@ def main() -> None:
     server_log = open(work / "server.log", "w")
     env = {**os.environ, "NBA_HOME": str(home_dir)}
     t0 = time.monotonic()
-    proc = subprocess.Popen([NBA, "--home", str(home_dir), "serve", "--port", str(port)],
+    proc = subprocess.Popen([NBA, "--home", str(home_dir), "serve", "--port", str(port), "--workers", str(args.workers)],
                             stdout=server_log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     res: dict = {"machine": machine(), "date": date.today().isoformat(), "commit": commit(), "home": str(home_dir),
                  "customers": built["customers"], "server_log": str(work / "server.log"),

@@ -118,6 +118,28 @@ NEEDS_TABLE: dict[str, tuple[str, ...]] = {
     "consents": (),
 }
 
+#: What the lists and the model lose when the bank's export leaves a table out (nba.schema.OPTIONAL_TABLES):
+#: said by ``nba data status``, ``nba train`` and the daily run (and written to the day's manifest).
+ABSENT_NOTES: dict[str, str] = {
+    "consents": "the bank exported no consents: with no record no contact is allowed (consent_* features are "
+                "false), so no client can get an action and the lists are empty (load the consents table to "
+                "contact anyone)",
+    "interactions": "the bank exported no interactions: contact history, mood and silence are unknown (their "
+                    "features are null), so no check-in fires on silence and contact caps count only the "
+                    "engine's own decisions",
+    "transactions": "the bank exported no transactions: balances at past dates are today's balances (trends are "
+                    "null, and a backtest or the churn examples would see the balance after a closure: "
+                    "training leaves the balances out of the churn model's inputs)",
+    "complaints": "the bank exported no complaints: complaint follow-ups and complaint-first cannot fire (their "
+                  "features are null)",
+}
+
+#: Features whose value at a past date is rebuilt from the transactions (today's balance less the
+#: movements since). Without a transactions table they hold today's values at every date: a client who
+#: closed everything shows a zero balance before the closure, which is the churn label leaking into the
+#: churn examples, so training masks them out of the churn model's inputs (training.pipeline.prepare).
+PAST_BALANCES: tuple[str, ...] = (*(f"balance_{c}" for c in PRODUCT_CATEGORIES), "total_assets", "total_liabilities")
+
 EXTENSION_PREFIX = "x_"
 
 

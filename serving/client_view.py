@@ -149,6 +149,8 @@ class ClientView:
             raise ClientViewError(f"time zone {time_zone!r} is not an IANA time zone name "
                                   f"(e.g. Europe/Zurich)") from None
         self.home, self.version, self.day, self.time_zone = home, version, day, time_zone
+        # Tables the bank's export left out: what they would show is unknown, not nothing.
+        self.absent = frozenset(version.absent_tables)
         self._start = day_start(day, time_zone)  # naive UTC, the store's form
         self._con = connect(version)
         try:
@@ -339,6 +341,9 @@ class ClientView:
         belongs to the holding of its product opened last on or before it (a product held twice at once
         gets the movements of both on the later one, which leaves their sum right).
 
+        Without a transactions table (absent from the bank's export, :attr:`absent`) past balances are
+        unknown: only the point dated ``day`` is returned.
+
         Limits: a point is exact only where every movement after it is in the store. Balances that move
         without transactions (fund values, interest, loan repayments; in the synthetic bank only deposits
         and cards have transactions) keep their extraction value back to the holding's opening; a closed
@@ -353,6 +358,8 @@ class ClientView:
             raise ClientViewError(f"basis must be 'sign' or 'category', not {basis!r}")
         if not self.exists(customer_id):
             return []
+        if "transactions" in self.absent:
+            points = points[-1:]
         # Point p is the balance when day as_of(p) = min(p + 1, day) begins.
         as_ofs = [min(p + timedelta(days=1), self.day) for p in points]
         cuts = [day_start(a, self.time_zone) for a in as_ofs]
@@ -374,9 +381,10 @@ class ClientView:
     def contacts_per_channel(self, customer_id: str, days: int = 365) -> dict[str, dict[str, int]]:
         """Interactions of the ``days`` days before ``day`` (the store's interactions table: contacts either
         way, campaigns included) per channel and direction: ``{channel: {"inbound": n, "outbound": n}}``
-        with every channel of :data:`nba.schema.CHANNELS` (0 where none). ``{}`` for an unknown client."""
+        with every channel of :data:`nba.schema.CHANNELS` (0 where none). ``{}`` for an unknown client, and
+        for every client when the bank's export has no interactions table (:attr:`absent`)."""
         since = self._since(days)
-        if not self.exists(customer_id):
+        if not self.exists(customer_id) or "interactions" in self.absent:
             return {}
         out = {ch: {d: 0 for d in schema.DIRECTIONS} for ch in schema.CHANNELS}
         for ch, direction, n in self._rows(

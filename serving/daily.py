@@ -55,6 +55,7 @@ from nba.decision import (
     decide,
     empty_history,
 )
+from nba import features as F
 from nba.errors import NBAError, StoreError
 from nba.home import Home
 
@@ -283,15 +284,7 @@ def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
 
 
 #: What a table absent from the bank's export costs the day's lists (see README, "Tables a bank may not have").
-ABSENT_NOTES = {
-    "consents": "the bank exported no consents: with no record no contact is allowed, so no client can get an "
-                "action and the lists are empty (load the consents table to contact anyone)",
-    "interactions": "the bank exported no interactions: contact history, mood and silence are unknown, so no "
-                    "check-in fires on silence and contact caps count only the engine's own decisions",
-    "transactions": "the bank exported no transactions: balances at past dates are today's balances (trends are "
-                    "unknown, and a backtest or the churn examples see the balance after a closure)",
-    "complaints": "the bank exported no complaints: complaint follow-ups and complaint-first cannot fire",
-}
+ABSENT_NOTES = F.ABSENT_NOTES  # what each absent table costs (nba.features)
 
 
 def _absent(version, table: str) -> bool:

@@ -364,3 +364,20 @@ def test_the_data_end_counts_consents_and_onboardings(tmp_path, store):
     other = TableStore(tmp_path / "store2")
     v = ingest(export(tmp_path / "b", extra={"consents": consents}), other, now=NOW, extensions={})
     assert data_end(v) == later + timedelta(days=1)
+
+
+def test_the_client_view_does_not_show_absent_tables_as_facts(lean, tmp_path):
+    """The workbench's client view: without transactions only today's balance is known (no flat line
+    back through the year), without interactions there are no contact counts (not zeros)."""
+    from nba.home import Home
+    from serving.client_view import ClientView
+
+    version, feats = lean
+    view = ClientView(Home.resolve(tmp_path / "h"), version, D)
+    assert view.absent == frozenset(OPTIONAL)
+    points = view.balance_trend("C1")
+    assert [p["date"] for p in points] == [D]
+    assert points[0]["assets"] == pytest.approx(sum(h["balance"] for h in HOLDINGS
+                                                    if h["customer_id"] == "C1" and h["balance"] > 0))
+    assert view.contacts_per_channel("C1") == {}
+    assert view.interactions("C1") == [] and view.complaints("C1") == []

@@ -157,3 +157,35 @@ def test_churn_auc_counts_only_the_clients_present_at_as_of(home, prepared):
     c = ev["churn"]
     assert c["roc_auc"] == 1.0 and c["customers"] == present.sum() and c["former_clients"] == (~present).sum()
     assert c["base_rate"] == pytest.approx(labels[present].mean())
+
+
+def test_without_transactions_past_balances_are_not_churn_inputs(five_product_bank, tmp_path):
+    """Without a transactions table, a past balance is today's: a client who closed everything shows 0
+    before the closure, the churn label itself. Those inputs are masked (0, the encoded mean) in the churn
+    examples and at as_of, and named; the graph's own features keep them."""
+    import shutil
+
+    from nba import features as F
+
+    bank = tmp_path / "bank"
+    shutil.copytree(five_product_bank, bank)
+    shutil.rmtree(bank / "transactions")
+    h = Home.resolve(tmp_path / "home").ensure()
+    version = ingest(bank, TableStore(h.store))
+    assert version.absent("transactions")
+    p = prepare(h, load_run_config(None, ["ray.enabled=false"])[0], TRAIN_AS_OF)
+    names = p.graph.encoder.names
+    assert {"total_assets", "total_liabilities", "balance_deposit"} <= set(p.churn_masked)
+    assert set(p.churn_masked) <= {n.removesuffix("_missing") for n in F.PAST_BALANCES} | {
+        f"{n}_missing" for n in F.PAST_BALANCES}
+    cols = [names.index(n) for n in p.churn_masked]
+    assert p.churn_rows > 100
+    for x in (p.data.churn_x, p.churn_val_x, p.full.churn_x):
+        assert not x[:, cols].any()
+    rec = [names[c] for c in p.graph.rec_columns]
+    if "total_assets" in rec:  # the graph's features keep the balances
+        assert p.full.user_x[:, rec.index("total_assets")].any()
+    # With transactions nothing is masked.
+    h2 = Home.resolve(tmp_path / "h2").ensure()
+    ingest(five_product_bank, TableStore(h2.store))
+    assert prepare(h2, load_run_config(None, ["ray.enabled=false"])[0], TRAIN_AS_OF).churn_masked == []

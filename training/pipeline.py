@@ -39,6 +39,7 @@ from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
 from nba.decision import held_matrix
 from nba.errors import StoreError
+from nba import features as F
 from nba.features import LABEL_OPENED as F_LABEL_OPENED
 from nba.home import Home
 from nba.metrics import average_precision, calibration, cap_ks, ranking_metrics, roc_auc
@@ -76,6 +77,7 @@ class Prepared:
     churn_val_x: np.ndarray | None = None  # [n_val, f] churn examples held out to choose the churn model
     churn_val_y: np.ndarray | None = None  # [n_val] bool
     propensity_prior: dict | None = None  # base rates of opening (propensity_prior), for the bundle
+    churn_masked: list[str] = field(default_factory=list)  # churn inputs set to their mean (no transactions)
 
 
 def holds_a_product(feats: pd.DataFrame) -> np.ndarray:
@@ -126,6 +128,16 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
     h = cfg.data.churn_horizon_days
     past = as_of - timedelta(days=h)
     labels = label_frame(version, past, h)
+    mask = []
+    if "transactions" in version.absent_tables:
+        # Past balances are today's without transactions (nba.features.PAST_BALANCES): the churn model
+        # reads them neither in its examples nor at as_of (encoded 0 = the mean, everywhere).
+        names = graph.encoder.names
+        mask = [i for i, n in enumerate(names) if n in F.PAST_BALANCES or n.removesuffix("_missing") in F.PAST_BALANCES]
+        prepared.churn_masked = [names[i] for i in mask]
+        if full.churn_x is not None and mask:
+            full.churn_x = full.churn_x.copy()
+            full.churn_x[:, mask] = 0.0
     if len(labels):
         window_feats = features_at(home, past, version)
         prepared.propensity_prior = propensity_prior(window_feats, labels, graph.product_ids, h, past, as_of)
@@ -138,6 +150,8 @@ def prepare(home: Home, cfg: RunConfig, as_of: date | None = None) -> Prepared:
             # A validation share of the examples is held out from training, to choose the churn model
             # (training.churn: the network's head or gradient boosting) on examples neither has seen.
             x = graph.encoder.transform(past_feats)
+            if mask:
+                x[:, mask] = 0.0
             train, val = validation_split(y, seed=cfg.data.valid_seed)
             data.churn_x, data.churn = x[train], y[train].astype(np.float32)
             prepared.churn_val_x, prepared.churn_val_y = x[val], y[val]
@@ -418,6 +432,11 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
         f"{len(d.train_users):,} positive edges, {0 if d.valid_users is None else len(d.valid_users):,} held out "
         f"for validation; churn examples {prepared.churn_rows:,} (rate {prepared.churn_rate:.3f}; "
         f"{prepared.churn_former:,} former clients left out)")
+    for table in prepared.version.absent_tables:
+        if table in F.ABSENT_NOTES:
+            log("warning: " + F.ABSENT_NOTES[table])
+    if prepared.churn_masked:
+        log(f"churn inputs left out (no transactions, past balances unknown): {', '.join(prepared.churn_masked)}")
     eval_ks = cap_ks(cfg.evaluation.ks, d.num_items)
     _, _, val_metric = validation_plan(cfg.model, d.num_items)
     capped = []
@@ -502,7 +521,9 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                 "churn_model": None if churn_choice is None else {
                     "chosen": churn_choice.chosen, "reason": churn_choice.reason,
                     "validation": churn_choice.validation,
-                    "file": CHURN_MODEL_FILE if churn_choice.gradient_boosting is not None else None},
+                    "file": CHURN_MODEL_FILE if churn_choice.gradient_boosting is not None else None,
+                    # encoder columns set to 0 (their mean) in every churn input, examples and as_of alike
+                    "masked_inputs": prepared.churn_masked},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         held = np.stack([prepared.full.train_users, prepared.full.train_items])
         bundle_dir = Path(tempfile.mkdtemp(prefix="nba-bundle-")) / "bundle"

@@ -494,6 +494,7 @@ def install(app: FastAPI, home: Home) -> None:
             "reasons": DECLINE_REASONS, "outcomes": OUTCOMES, "idem": secrets.token_urlsafe(12),
             "done_id": _shown(request.query_params.get("recorded"), today_rows + past),
             "consents": {c: bool(f.get(f"consent_{c}")) for c in (*CHANNELS, "marketing")},
+            "absent": view.absent,
         }, session=session)
 
     @app.get("/clients/{customer_id}/charts/{name}.svg", include_in_schema=False)
