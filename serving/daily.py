@@ -45,6 +45,7 @@ from feature_store.materialize import default_as_of, features_at
 from feature_store.outcomes import decision_outcomes
 from feature_store.sql import redact
 from feature_store.store import StoreVersion, TableStore
+from nba import features as F
 from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
 from nba.bank import load_bank_config
 from nba.catalog import Catalog, load_catalog
@@ -55,7 +56,6 @@ from nba.decision import (
     decide,
     empty_history,
 )
-from nba import features as F
 from nba.errors import NBAError, StoreError
 from nba.home import Home
 

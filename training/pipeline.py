@@ -37,9 +37,9 @@ from bundle import registry, write_bundle
 from feature_store.materialize import default_as_of, features_at, time_zone
 from feature_store.offline import data_end, label_frame
 from feature_store.store import StoreVersion, TableStore
+from nba import features as F
 from nba.decision import held_matrix
 from nba.errors import StoreError
-from nba import features as F
 from nba.features import LABEL_OPENED as F_LABEL_OPENED
 from nba.home import Home
 from nba.metrics import average_precision, calibration, cap_ks, ranking_metrics, roc_auc
