@@ -280,13 +280,28 @@ def models_list(name: NameOpt = None) -> None:
     from bundle import registry
 
     versions = registry.list_versions(state.home, name)
-    t = RichTable("version", "aliases", "as_of", "model recall@5", "popularity recall@5", "churn ROC AUC", "run",
+    t = RichTable("version", "aliases", "as_of", "K", "model recall@K", "popularity recall@K", "churn ROC AUC", "run",
                   title=f"registered model {versions[0].name}")
     for v in versions:
         m = v.metrics
-        t.add_row(str(v.version), ", ".join(v.aliases), v.as_of, _fmt(m.get("test.model.recall_at_5")),
-                  _fmt(m.get("test.popularity.recall_at_5")), _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
+        k = _headline_k(m)
+        t.add_row(str(v.version), ", ".join(v.aliases), v.as_of, "" if k is None else str(k),
+                  _fmt(m.get(f"test.model.recall_at_{k}")), _fmt(m.get(f"test.popularity.recall_at_{k}")),
+                  _fmt(m.get("test.churn.roc_auc")), v.run_id or "")
     out.print(t)
+    if any(_headline_k(v.metrics) is None for v in versions):
+        out.print("K blank: no backtest metrics (trained at the latest date), or no K below the catalogue size")
+
+
+def _headline_k(metrics: dict) -> int | None:
+    """The K of the recall shown for a version: 5, or for a catalogue of 5 products or fewer the largest K
+    evaluated below its size (recall@K of every product is 1.0 for any model). None when none fits."""
+    ks = sorted(int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("test.model.recall_at_"))
+    products = metrics.get("catalogue_products")
+    fit = [k for k in ks if products is None or k < products]
+    if not fit:
+        return None
+    return 5 if 5 in fit else fit[-1]
 
 
 @models_app.command("promote")

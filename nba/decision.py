@@ -870,8 +870,16 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
                     segment=str(r["segment"]), band=str(bands[i]))
             if review[i]:
                 codes.append("rm_review_required")
-                say("Protected client (65+ or vulnerable): RM to review suitability in person before offering",
-                    "offer_review")
+                age, limit = r.get("age"), catalog.policy.suitability.protected_age
+                if age is not None and pd.notna(age) and age >= limit:
+                    say(f"Protected client (aged {int(age)}, {limit} or over): RM to review suitability in person "
+                        f"before offering", "offer_review_age", age=int(age), limit=int(limit))
+                elif r.get("vulnerable_known") is False or r.get("vulnerable_known") == 0:
+                    say("Protected client (vulnerability not on record, so treated as vulnerable): RM to check it "
+                        "and review suitability in person before offering", "offer_review_unknown")
+                else:
+                    say("Protected client (vulnerable): RM to review suitability in person before offering",
+                        "offer_review_vulnerable")
             elif p["category"] in catalog.policy.suitability.investment_categories:
                 codes.append("suitable_risk")
                 say(f"Risk level {int(p['risk_level'])} within the client's tolerance "

@@ -278,8 +278,22 @@ def test_golden_protected_client_needs_rm_review_in_person():
     assert r.action_id == "offer:MORT"  # the risk-4 fund is removed for a protected client
     assert r.rm_review and r.in_person and r.channel in ("branch", "phone")
     assert "rm_review_required" in r.reasons
-    assert "Protected client (65+ or vulnerable): RM to review suitability in person before offering" in r.talking_points
+    assert "Protected client (aged 78, 65 or over): RM to review suitability in person before offering" \
+        in r.talking_points
     assert "offer:FUND" in json.loads(r.policy_trace)["suitability"]
+
+
+@pytest.mark.parametrize("row, point", [
+    ({"age": 40.0, "vulnerable": True, "vulnerable_known": True},
+     "Protected client (vulnerable): RM to review suitability in person before offering"),
+    ({"age": 40.0, "vulnerable": True, "vulnerable_known": False},
+     "Protected client (vulnerability not on record, so treated as vulnerable): RM to check it and review "
+     "suitability in person before offering"),
+])
+def test_the_review_says_why_the_client_is_protected(row, point):
+    out, _ = one({**row, "segment": "mass"}, propensity={"FUND": 0.5, "BOND": 0.5, "MORT": 0.4})
+    r = out.iloc[0]
+    assert r.rm_review and "rm_review_required" in r.reasons and point in r.talking_points
 
 
 @pytest.mark.parametrize("row, action, codes, point", [

@@ -71,6 +71,14 @@ def test_five_products_train_with_the_default_ks_capped(default_run):
     assert {"recall@5", "ndcg@5", "recall@3"} <= set(ev["model"]) and "recall@10" not in ev["model"]
     assert not any(k.endswith(("@10", "@20")) for h in report.result.history for k in h)
     assert any("K capped at the catalogue size (5 products)" in line for line in lines)
+    # nba models list shows recall@3 here: recall@5 of 5 products is 1.0 for any model.
+    from mlflow import MlflowClient
+
+    from apps.cli import _headline_k
+    metrics = MlflowClient().get_run(report.run_id).data.metrics
+    assert metrics["catalogue_products"] == 5 and _headline_k(metrics) == 3
+    assert _headline_k({"test.model.recall_at_5": 0.4, "test.model.recall_at_10": 0.6, "catalogue_products": 40}) == 5
+    assert _headline_k({"val_loss": 1.0}) is None
 
 
 def test_a_metric_that_cannot_discriminate_does_not_ship_epoch_0(default_run):

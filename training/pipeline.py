@@ -461,6 +461,7 @@ def run_training(home: Home, cfg: RunConfig, as_of: date | None = None, *, promo
                              "feature_hash": prepared.feature_hash, "code_version": registry.code_version(),
                              "config_file": str(config_path or "")})
             mlflow.log_dict(cfg.model_dump(), "config/resolved.json")
+            mlflow.log_metric("catalogue_products", d.num_items)  # nba models list: which K can discriminate
 
         def on_epoch(epoch: int, metrics: dict) -> None:
             val = "".join(f"  {key} {metrics[key]:.4f}" for key in dict.fromkeys((f"val_{val_metric}", "val_loss"))
