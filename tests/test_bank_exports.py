@@ -246,6 +246,25 @@ def test_declared_extension_columns_flow_into_features_and_the_model(tmp_path, s
     assert enc.categorical["x_region"] == ["north", "south"]
     x = enc.transform(feats)
     assert x.shape == (4, len(enc.names)) and np.isfinite(x).all()
+    # The products' own columns feed the item tower.
+    from training.graph import build_graph, product_features
+    products = version.read("products").to_pandas().sort_values("product_id", ignore_index=True)
+    base = product_features(products)
+    assert product_features(products, version.extensions("products")).shape[1] > base.shape[1]
+    graph = build_graph(version, feats, D)
+    assert graph.data["product"].x.shape[1] == product_features(products, version.extensions("products")).shape[1]
+
+
+def test_product_extension_columns_are_encoded_by_kind():
+    from training.graph import product_features
+    p = pd.DataFrame(PRODUCTS).assign(term_months=None, fee=[10.0, None, 30.0, 1000.0, 0.0],
+                                      islamic=[True, False, None, False, True], tier=["A", "B", "A", None, "C"])
+    base = product_features(p).shape[1]
+    x = product_features(p, {"fee": "float", "islamic": "bool", "tier": "str"})
+    # fee + its missing flag, islamic + flag, tier A/B/C + flag
+    assert x.shape == (5, base + 2 + 2 + 4) and np.isfinite(x).all()
+    tier = x[:, base + 4:base + 7]
+    assert tier.sum(axis=1).tolist() == [1, 1, 1, 0, 1] and x[:, -1].tolist() == [0, 0, 0, 1, 0]
 
 
 def test_undeclared_extra_columns_are_refused_with_a_hint(tmp_path, store):

@@ -16,6 +16,7 @@ in the graph for the heads and for later models.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -39,7 +40,15 @@ RECENT_DAYS = 90  # acquisitions this recent can be held out for validation
 HOLDING_FEATURES = ("n_products", "balance_")
 
 
-def product_features(products: pd.DataFrame) -> np.ndarray:
+MAX_EXTENSION_LEVELS = 32  # one-hot columns of a text extension column of the products (the most frequent)
+
+
+def product_features(products: pd.DataFrame, extensions: Mapping[str, str] | None = None) -> np.ndarray:
+    """``[n_products, f]`` the item tower's inputs: category and eligible segments one-hot, risk level,
+    margin, minimum age and term (scaled), then the bank's own product columns (``extensions``: name ->
+    int, float, bool or str, as declared under ``extensions.products`` in ``configs/bank.yaml``): numbers
+    as signed log1p standardised over the catalogue, flags as 0/1, text one-hot (at most
+    :data:`MAX_EXTENSION_LEVELS` levels), each with a missing flag where a product has no value."""
     cats = np.array(schema.PRODUCT_CATEGORIES)
     onehot = (products["category"].to_numpy()[:, None] == cats[None, :]).astype(np.float32)
     segs = np.stack([products["eligible_segments"].str.split("|").apply(lambda s, g=g: g in s).to_numpy()
@@ -48,9 +57,29 @@ def product_features(products: pd.DataFrame) -> np.ndarray:
         (products["risk_level"].to_numpy() - 3) / 2,
         np.log1p(products["annual_margin"].to_numpy()) / 8,
         products["min_age"].to_numpy() / 100,
-        np.log1p(products["term_months"].fillna(0).to_numpy()) / 6,
+        np.log1p(pd.to_numeric(products["term_months"], errors="coerce").fillna(0).to_numpy(float)) / 6,
     ], axis=1).astype(np.float32)
-    return np.concatenate([onehot, segs, num], axis=1)
+    parts = [onehot, segs, num]
+    for name, kind in (extensions or {}).items():
+        if name not in products:
+            continue
+        col = products[name]
+        missing = col.isna().to_numpy()
+        if kind in ("int", "float"):
+            v = pd.to_numeric(col, errors="coerce").astype("float64").to_numpy()
+            v = np.sign(v) * np.log1p(np.abs(v))
+            seen = v[~np.isnan(v)]
+            mu, sd = (seen.mean(), seen.std() + 1e-6) if len(seen) else (0.0, 1.0)
+            parts.append(np.nan_to_num((v - mu) / sd)[:, None])
+        elif kind == "bool":
+            parts.append(col.astype("boolean").fillna(False).astype(float).to_numpy()[:, None])
+        else:
+            levels = col.dropna().astype(str).value_counts().index[:MAX_EXTENSION_LEVELS]
+            parts.append((col.astype(str).to_numpy()[:, None] == np.array(levels)[None, :]).astype(float)
+                         * ~missing[:, None])
+        if missing.any():
+            parts.append(missing.astype(float)[:, None])
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 @dataclass
@@ -133,7 +162,7 @@ def build_graph(version: StoreVersion, features: pd.DataFrame, as_of: date,
     encoder = encoder or FeatureEncoder.fit(features)
     data = HeteroData()
     data["customer"].x = torch.from_numpy(encoder.transform(features))
-    data["product"].x = torch.from_numpy(product_features(products))
+    data["product"].x = torch.from_numpy(product_features(products, version.extensions("products")))
     recent = None
     for rel, df in edges.items():
         c = cust_index.get_indexer(df["customer_id"])
