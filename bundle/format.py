@@ -107,10 +107,16 @@ class Bundle:
         if (~from_prior).any():
             out[~from_prior] = self.propensity(user_rows[~from_prior])
         segs = np.full(n, None, dtype=object) if segments is None else np.asarray(segments, dtype=object)
-        for i in np.flatnonzero(from_prior):
-            g = prior["groups"]["new" if new[i] else "established"]
-            rates = g["by_segment"].get(str(segs[i]), g["by_product"])
-            out[i] = [rates.get(p, g["by_product"].get(p, g["rate"])) for p in self.product_ids]
+        rows = np.flatnonzero(from_prior)
+        if len(rows):
+            # One rate vector per (new or established, segment), then every client of it at once: a bank
+            # without a calibration puts all its clients here.
+            keys = pd.Series([("new" if nw else "established", str(sg)) for nw, sg in zip(new[rows], segs[rows])])
+            for (group, seg), idx in keys.groupby(keys, sort=False).groups.items():
+                g = prior["groups"][group]
+                rates = g["by_segment"].get(seg, g["by_product"])
+                out[rows[np.asarray(idx)]] = np.array(
+                    [rates.get(p, g["by_product"].get(p, g["rate"])) for p in self.product_ids], np.float32)
         return out, from_prior
 
     def rows_of(self, customer_ids: list[str]) -> np.ndarray:
