@@ -870,10 +870,10 @@ def explain(f, actions: list, P: np.ndarray, churn: np.ndarray, catalog: Catalog
                     segment=str(r["segment"]), band=str(bands[i]))
             if review[i]:
                 codes.append("rm_review_required")
-                age, limit = r.get("age"), catalog.policy.suitability.protected_age
-                if age is not None and pd.notna(age) and age >= limit:
-                    say(f"Protected client (aged {int(age)}, {limit} or over): RM to review suitability in person "
-                        f"before offering", "offer_review_age", age=int(age), limit=int(limit))
+                years, limit = age[i], catalog.policy.suitability.protected_age
+                if years >= limit:
+                    say(f"Protected client (aged {int(years)}, {limit} or over): RM to review suitability in "
+                        f"person before offering", "offer_review_age", age=int(years), limit=int(limit))
                 elif r.get("vulnerable_known") is False or r.get("vulnerable_known") == 0:
                     say("Protected client (vulnerability not on record, so treated as vulnerable): RM to check it "
                         "and review suitability in person before offering", "offer_review_unknown")
