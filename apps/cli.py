@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table as RichTable
 
-from nba.errors import DataValidationError, NBAError
+from nba.errors import DataValidationError, NBAError, plural
 from nba.home import Home
 
 app = typer.Typer(
@@ -836,7 +836,7 @@ def main() -> None:
     try:
         app()
     except DataValidationError as e:
-        err.print(f"[red]error:[/red] {len(e.problems) + e.truncated} problem(s); nothing was stored")
+        err.print(f"[red]error:[/red] {plural(len(e.problems) + e.truncated, 'problem')}; nothing was stored")
         for p in sorted(e.problems, key=lambda p: (p.file, p.row or 0)):
             err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
         if e.truncated:

@@ -15,6 +15,10 @@ Checks, each reported with file, row (and CSV line) and column:
   out of order within a row (``closed_at`` before ``opened_at``);
 - keys (DuckDB over the staged Parquet): duplicate primary key, unknown foreign key.
 
+All of them in one run, so that a bank fixes its export once: a problem found does not stop the checks,
+only those it makes meaningless (the keys of a column that could not be read, references to a table
+that could not be read in full). Up to ``MAX_PROBLEMS`` are listed, the rest counted.
+
 Files are streamed in batches, so memory stays bounded by the batch, not the file.
 """
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 from zoneinfo import ZoneInfo
@@ -45,8 +49,8 @@ from nba.schema import Column, DType, Table
 from .store import StoreVersion, TableStore
 
 SUFFIXES = (".csv", ".parquet")
-MAX_PROBLEMS = 50
-MAX_PER_CHECK = 5  # problems shown per (file, column, kind of check) before summarising
+MAX_PROBLEMS = 50  # problems listed in all; at most so many of one check are kept
+MAX_PER_CHECK = 5  # problems listed per (file, column, kind of check) when there are more than MAX_PROBLEMS
 BATCH_ROWS = 500_000
 DUCKDB_MEMORY = "2GB"  # key checks spill to disk beyond this
 
@@ -64,33 +68,63 @@ class _Origin:
 
 @dataclass
 class _Report:
-    problems: list[Problem] = field(default_factory=list)
-    dropped: int = 0
-    _per_check: dict = field(default_factory=lambda: defaultdict(int))
+    """Every problem found, in one run. Kept per check (file, column, kind of check) up to MAX_PROBLEMS
+    each and counted beyond; :meth:`listing` lists them all if there are at most MAX_PROBLEMS, else up to
+    MAX_PER_CHECK of each check (round robin, MAX_PROBLEMS in all) and counts the rest."""
+
+    _kept: dict = field(default_factory=dict)  # check -> [Problem], in the order found
+    _counts: dict = field(default_factory=lambda: defaultdict(int))  # check -> problems found
 
     def add(self, p: Problem, check: str = "") -> None:
         key = (p.file, p.column, check)
-        self._per_check[key] += 1
-        if self._per_check[key] > MAX_PER_CHECK or len(self.problems) >= MAX_PROBLEMS:
-            self.dropped += 1
-        else:
-            self.problems.append(p)
+        self._counts[key] += 1
+        kept = self._kept.setdefault(key, [])
+        if len(kept) < MAX_PROBLEMS:
+            kept.append(p)
+
+    def add_uncounted(self, file: str, column: str | None, check: str, n: int) -> None:
+        """Count ``n`` more problems of one check that are not kept (beyond what :meth:`add` was given)."""
+        if n > 0:
+            self._counts[(file, column, check)] += n
 
     def add_rows(self, file: str, column: str | None, check: str, rows: np.ndarray,
                  first_row: int, csv_: bool, message: Callable[[int], str]) -> None:
         """Report each bad row (``rows`` are 0-based batch positions) with ``message(pos)``."""
-        for pos in rows[: MAX_PER_CHECK + 1]:
+        for pos in rows[:MAX_PROBLEMS]:
             row = first_row + int(pos) + 1
             self.add(Problem(file, message(int(pos)), row=row, column=column,
                              line=row + 1 if csv_ else None), check)
-        self.dropped += max(0, len(rows) - (MAX_PER_CHECK + 1))
+        self.add_uncounted(file, column, check, len(rows) - MAX_PROBLEMS)
+
+    def count(self, file: str, column: str | None = None, check: str = "") -> int:
+        return self._counts.get((file, column, check), 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def listing(self) -> tuple[list[Problem], int]:
+        """The problems to show and how many more there are (shown + more = :attr:`total`)."""
+        per_check = MAX_PROBLEMS if self.total <= MAX_PROBLEMS else MAX_PER_CHECK
+        quota = dict.fromkeys(self._kept, 0)
+        room = MAX_PROBLEMS
+        while room:  # round robin, so that one check with many problems does not hide the others
+            before = room
+            for key, kept in self._kept.items():
+                if room and quota[key] < min(len(kept), per_check):
+                    quota[key] += 1
+                    room -= 1
+            if room == before:
+                break
+        shown = [p for key, kept in self._kept.items() for p in kept[: quota[key]]]
+        return shown, self.total - len(shown)
 
     def __bool__(self) -> bool:
-        return bool(self.problems) or self.dropped > 0
+        return self.total > 0
 
     def raise_if_any(self) -> None:
         if self:
-            raise DataValidationError(self.problems, self.dropped)
+            raise DataValidationError(*self.listing())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,10 +133,18 @@ class _Report:
 
 def discover(src: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
     """Map each table to its input files in ``src``."""
+    found, problems, _ = _discover(src)
+    return found, problems
+
+
+def _discover(src: Path) -> tuple[dict[str, list[Path]], list[Problem], set[str]]:
+    """:func:`discover`, and the contract tables given in a form that cannot be read (a folder without
+    files or of mixed formats, a table given twice): they are not validated further."""
     problems: list[Problem] = []
     found: dict[str, list[Path]] = {}
+    broken: set[str] = set()
     if not src.is_dir():
-        return {}, [Problem(str(src), "not a folder (expected one file or folder per table)")]
+        return {}, [Problem(str(src), "not a folder (expected one file or folder per table)")], broken
     for entry in sorted(src.iterdir()):
         if entry.name.startswith(("_", ".")):
             continue
@@ -112,10 +154,12 @@ def discover(src: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
                            if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith(("_", ".")))
             if not files:
                 problems.append(Problem(str(entry), "folder holds no .csv or .parquet files"))
+                broken.add(name)
                 continue
             kinds = {p.suffix.lower() for p in files}
             if len(kinds) > 1:
                 problems.append(Problem(str(entry), "folder mixes .csv and .parquet files; use one format"))
+                broken.add(name)
                 continue
         elif entry.suffix.lower() in SUFFIXES:
             name, files = entry.stem, [entry]
@@ -128,9 +172,11 @@ def discover(src: Path) -> tuple[dict[str, list[Path]], list[Problem]]:
             continue
         if name in found:
             problems.append(Problem(str(entry), f"table {name!r} is given more than once"))
+            broken.add(name)
             continue
         found[name] = files
-    return found, problems
+    broken &= set(schema.TABLES)
+    return {t: f for t, f in found.items() if t not in broken}, problems, broken
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +195,7 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
         try:
             pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises several types for corrupt files
-            report.add(Problem(f, f"cannot read Parquet file: {e}"))
+            report.add(Problem(f, f"cannot read Parquet file: {e}"), "read")
             return
         offset = 0
         for batch in pf.iter_batches(batch_size=BATCH_ROWS):
@@ -160,14 +206,14 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
     try:
         header = _csv_header(path)
     except UnicodeDecodeError as e:
-        report.add(Problem(f, f"not UTF-8 text: {e}"))
+        report.add(Problem(f, f"not UTF-8 text: {e}"), "read")
         return
     if not header:
-        report.add(Problem(f, "empty file (expected a header line with the column names)"))
+        report.add(Problem(f, "empty file (expected a header line with the column names)"), "read")
         return
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
-        report.add(Problem(f, f"header repeats column(s) {', '.join(dupes)}", line=1))
+        report.add(Problem(f, f"header repeats column{'s' if len(dupes) > 1 else ''} {', '.join(dupes)}", line=1), "read")
         return
 
     def on_invalid(row) -> str:  # pyarrow.csv.InvalidRow
@@ -192,7 +238,7 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
             yield offset, pa.Table.from_batches([batch])
             offset += batch.num_rows
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        report.add(Problem(f, f"cannot parse CSV: {e}"))
+        report.add(Problem(f, f"cannot parse CSV: {e}"), "read")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,22 +261,87 @@ class _TypeMismatch(Exception):
     pass
 
 
-def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
+@dataclass
+class _ClockChange:
+    """Rows of a batch whose local time (no offset) the bank's zone skips or repeats, and why."""
+
+    zone: str
+    local: pd.Series  # the batch's naive local times, by position
+    rows: np.ndarray  # positions
+
+    def message(self, pos: int) -> str | None:
+        t = self.local.iloc[pos]
+        return None if pd.isna(t) else _clock_change(t.to_pydatetime(warn=False), self.zone)
+
+
+def _clock_change(t: datetime, zone: str) -> str | None:
+    """Why the naive local time ``t`` names no single instant in ``zone`` (None if it does)."""
+    z = ZoneInfo(zone)
+    # PEP 495: fold=0 reads a skipped or repeated time with the offset before the change, fold=1 after it.
+    before, after = t.replace(tzinfo=z, fold=0).utcoffset(), t.replace(tzinfo=z, fold=1).utcoffset()
+    if before == after:
+        return None
+    # The change happens between the two instants the time could mean: find it to the second.
+    epoch = datetime(1970, 1, 1)
+    a, b = sorted([((t - before) - epoch).total_seconds(), ((t - after) - epoch).total_seconds()])
+    lo, hi = int(np.floor(a)), int(np.ceil(b))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, z).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    change = datetime.fromtimestamp(hi, timezone.utc).replace(tzinfo=None)
+    old, new = change + before, change + after
+
+    def clock(d: datetime) -> str:
+        return d.strftime("%H:%M" if d.second == 0 else "%H:%M:%S")
+
+    why = "a time without one is the bank's local time and must exist once in its zone"
+    if after > before:
+        when = "that night" if old.hour < 6 or old.hour >= 21 else "that day"
+        return (f"{t.isoformat()} does not exist in {zone} (the clocks went forward from {clock(old)} to "
+                f"{clock(new)} {when}); give the time with its UTC offset ({why})")
+    return (f"{t.isoformat()} happened twice in {zone} (the clocks went back from {clock(old)} to "
+            f"{clock(new)}); give it with its UTC offset, e.g. {_fmt_offset(before)} or {_fmt_offset(after)} ({why})")
+
+
+def _fmt_offset(d) -> str:
+    secs = int(d.total_seconds())
+    sign, secs = ("-" if secs < 0 else "+"), abs(secs)
+    hm = f"{sign}{secs // 3600:02d}:{secs % 3600 // 60:02d}"
+    return hm if secs % 60 == 0 else f"{hm}:{secs % 60:02d}"
+
+
+def _localize(local: pd.Series, zone: str, clock: list | None) -> pd.Series:
+    """Naive local times in ``zone`` as aware UTC. A time the zone skips (clocks forward) or repeats
+    (clocks back) names no single instant: it becomes NaT, and is appended to ``clock`` as a
+    :class:`_ClockChange` (when given) so that the message can say why."""
+    utc = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    rows = np.flatnonzero(local.notna().to_numpy() & utc.isna().to_numpy())
+    if len(rows) and clock is not None:
+        clock.append(_ClockChange(zone, local, rows))
+    return utc.dt.tz_convert("UTC")
+
+
+def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC",
+             clock: list | None = None) -> tuple[pa.Array, np.ndarray]:
     """Return the column in contract type and the positions whose value could not be parsed.
-    Timestamps without a time zone are the bank's local time (``zone``) and are stored as UTC."""
+    Timestamps without a time zone are the bank's local time (``zone``) and are stored as UTC; those of
+    the positions that the zone skips or repeats are also appended to ``clock`` (:class:`_ClockChange`)."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     t = arr.type
     none = np.zeros(0, dtype=np.int64)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return _parse_strings(arr.cast(pa.string()), col, zone)
+        return _parse_strings(arr.cast(pa.string()), col, zone, clock)
     if pa.types.is_dictionary(t):
-        return _convert(arr.dictionary_decode(), col, zone)
+        return _convert(arr.dictionary_decode(), col, zone, clock)
     if pa.types.is_null(t) or arr.null_count == len(arr):
         # All missing: pandas writes an empty optional column as double, Spark as int32; any type holds
         # "no value" losslessly.
         return pa.nulls(len(arr), col.dtype.arrow), none
     if getattr(pa.types, "is_string_view", lambda _t: False)(t):
-        return _parse_strings(arr.cast(pa.string()), col, zone)
+        return _parse_strings(arr.cast(pa.string()), col, zone, clock)
 
     target = col.dtype
     if target is DType.STRING and (pa.types.is_integer(t)):
@@ -271,7 +382,7 @@ def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.A
             return pc.cast(naive, pa.date32()), bad
     if target is DType.TIMESTAMP:
         if pa.types.is_timestamp(t):
-            naive, bad_local = _to_naive_utc(arr, zone)
+            naive, bad_local = _to_naive_utc(arr, zone, clock)
             if t.unit == "ns":  # the store keeps microseconds: finer instants would be changed, so rejected
                 ns = pc.cast(naive, pa.int64())
                 lossy = pc.fill_null(pc.not_equal(pc.subtract(ns, pc.multiply(pc.divide(ns, 1000), 1000)), 0), False)
@@ -280,7 +391,7 @@ def _convert(arr: pa.ChunkedArray, col: Column, zone: str = "UTC") -> tuple[pa.A
                 return pc.cast(naive, pa.timestamp("us")), bad
             return pc.cast(naive, pa.timestamp("us")), bad_local  # safe: an overflow is reported
         if pa.types.is_date(t):  # a date in a timestamp column: the bank's local midnight
-            return _to_naive_utc(pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), zone)
+            return _to_naive_utc(pc.cast(pc.cast(arr, pa.date32()), pa.timestamp("us")), zone, clock)
     raise _TypeMismatch(f"column has type {t}, expected {col.expected()}")
 
 
@@ -293,7 +404,7 @@ def _show(arr: pa.Array, i: int, quote: bool = True) -> str:
         return f"{arr[i]} ({arr.type})"
 
 
-def _to_naive_utc(arr: pa.Array, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
+def _to_naive_utc(arr: pa.Array, zone: str = "UTC", clock: list | None = None) -> tuple[pa.Array, np.ndarray]:
     """Timestamps as naive UTC, and the rows that name no single instant. With a time zone they are
     converted; without one they are the bank's local time in ``zone``: a local time that the zone skips
     (clocks forward) or repeats (clocks back) is refused, as it does not say which instant it means."""
@@ -303,12 +414,13 @@ def _to_naive_utc(arr: pa.Array, zone: str = "UTC") -> tuple[pa.Array, np.ndarra
     if zone == "UTC":
         return arr, none
     local = arr.to_pandas()
-    utc = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC").dt.tz_localize(None)
+    utc = _localize(local, zone, clock).dt.tz_localize(None)
     bad = np.flatnonzero(local.notna().to_numpy() & utc.isna().to_numpy())
     return pa.array(utc, type=pa.timestamp(arr.type.unit)), bad
 
 
-def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC") -> tuple[pa.Array, np.ndarray]:
+def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC",
+                   clock: list | None = None) -> tuple[pa.Array, np.ndarray]:
     s = pc.utf8_trim_whitespace(arr)
     s = pc.if_else(pc.equal(s, ""), pa.scalar(None, pa.string()), s)
     present = pc.is_valid(s)
@@ -335,7 +447,7 @@ def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC") -> tuple[pa.Ar
         parsed = pd.to_datetime(text.where(offset), format="ISO8601", utc=True, errors="coerce")
         local = pd.to_datetime(text.where(~offset), format="ISO8601", errors="coerce")
         if zone != "UTC":  # no offset: the bank's local time (refused where the zone skips or repeats it)
-            local = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+            local = _localize(local, zone, clock)
         else:
             local = local.dt.tz_localize("UTC")
         both = parsed.where(offset, local)
@@ -373,11 +485,12 @@ def _parse_strings(arr: pa.Array, col: Column, zone: str = "UTC") -> tuple[pa.Ar
 
 
 def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: bool,
-                 now: datetime, report: _Report) -> pa.Table | None:
-    """Convert and check one batch; return it in contract types, or None if anything was wrong."""
-    before = len(report.problems) + report.dropped
+                 now: datetime, report: _Report) -> tuple[pa.Table, set[str]]:
+    """Convert and check one batch. Return it in contract types (a value that could not be read, and a
+    column that could not be converted, as null) and the names of the columns that could not be converted."""
     raw = {name: batch.column(name) for name in batch.column_names}
     out: dict[str, pa.Array] = {}
+    failed: set[str] = set()
     n = batch.num_rows
 
     def bad_rows(column, check, rows, message):
@@ -388,28 +501,42 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
             out[col.name] = pa.nulls(n, col.dtype.arrow)
             continue
         src = raw[col.name]
+        clock: list[_ClockChange] = []
         try:
-            arr, unparseable = _convert(src, col, getattr(now.tzinfo, "key", "UTC"))
+            arr, unparseable = _convert(src, col, getattr(now.tzinfo, "key", "UTC"), clock)
         except _TypeMismatch as e:
             report.add(Problem(file, str(e), column=col.name), "type")
+            out[col.name] = pa.nulls(n, col.dtype.arrow)
+            failed.add(col.name)
             continue
         except (pa.ArrowInvalid, OverflowError, NotImplementedError, ValueError) as e:
             # e.g. uint64 or decimal values beyond int64, a fraction in an integer decimal, a timestamp
             # past the years a calendar library can localize
             report.add(Problem(file, f"values the contract cannot hold losslessly as {col.expected()}: {e}",
                                column=col.name), "type")
+            out[col.name] = pa.nulls(n, col.dtype.arrow)
+            failed.add(col.name)
             continue
         if len(unparseable):
             text = src.combine_chunks() if isinstance(src, pa.ChunkedArray) else src
-            bad_rows(col.name, "parse", unparseable,
-                     lambda i: f"cannot read {_show(text, i)} as {col.expected()}")
+
+            def cannot_read(i: int) -> str:
+                return f"cannot read {_show(text, i)} as {col.expected()}"
+
+            # A local time the bank's zone skips or repeats was read: it is its instant that is unknown.
+            changes = {int(i): c for c in clock for i in c.rows}
+            in_change = np.isin(unparseable, np.fromiter(changes, np.int64, len(changes)))
+            if in_change.any():
+                bad_rows(col.name, "clock", unparseable[in_change],
+                         lambda i: changes[i].message(i) or cannot_read(i))
+            if (~in_change).any():
+                bad_rows(col.name, "parse", unparseable[~in_change], cannot_read)
         unparsed = np.zeros(n, bool)
         unparsed[unparseable] = True
         _check_values(arr, col, unparsed, now, lambda check, rows, msg: bad_rows(col.name, check, rows, msg))
         out[col.name] = arr
 
-    if len(report.problems) + report.dropped > before:
-        return None
+    # Within a row (values that could not be read are null here, and not compared).
     for rule in tbl.ordered:
         a, b = out[rule.earlier], out[rule.later]
         wrong = pc.fill_null(pc.less(b, a), False).to_numpy(zero_copy_only=False)
@@ -417,9 +544,12 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
         if len(rows):
             bad_rows(rule.later, "order", rows,
                      lambda i: f"{rule.later} {_show(b, i, False)} is before {rule.earlier} {_show(a, i, False)}")
-    if len(report.problems) + report.dropped > before:
-        return None
-    return pa.table(out, schema=tbl.arrow_schema)
+    return pa.table(out, schema=_relaxed(tbl)), failed
+
+
+def _relaxed(tbl: Table) -> pa.Schema:
+    """``tbl``'s schema with every column nullable: a batch with problems holds nulls where values were bad."""
+    return pa.schema([f.with_nullable(True) for f in tbl.arrow_schema])
 
 
 def _check_values(arr: pa.Array, col: Column, unparsed: np.ndarray, now: datetime,
@@ -466,12 +596,13 @@ def _check_values(arr: pa.Array, col: Column, unparsed: np.ndarray, now: datetim
                           f"bank time zone {now.tzinfo})")
 
 
-def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) -> bool:
-    ok = True
+def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) -> set[str]:
+    """Report missing and unexpected columns; return the required columns that are missing."""
+    missing = set()
     for col in tbl.columns:
         if col.required and col.name not in columns:
             report.add(Problem(file, f"missing column (expected {col.expected()})", column=col.name), "header")
-            ok = False
+            missing.add(col.name)
     for name in columns:
         if name not in tbl.column_names:
             hint = (f"; a column the bank has beyond the contract must be declared, with its type, under "
@@ -479,8 +610,7 @@ def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) ->
             report.add(Problem(
                 file, f"unexpected column (table {tbl.name} has: {', '.join(tbl.column_names)}){hint}",
                 column=name), "header")
-            ok = False
-    return ok
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,26 +620,33 @@ def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) ->
 def _locate(origins: dict[str, _Origin], part: str, row0: int, store_name: str | None) -> tuple[str, int | None, int | None]:
     o = origins.get(part)
     if o is None:
-        return f"(already in store version {store_name})", None, None
+        return f"store version {store_name}", None, None
     row = o.first_row + row0 + 1
     return o.file, row, (row + 1 if o.csv else None)
 
 
 def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dict[str, _Origin],
-                report: _Report) -> None:
+                report: _Report, *, check_dupes: bool = True, foreign_keys: tuple | list | None = None) -> None:
+    """Duplicate primary keys (if ``check_dupes``) and unknown ``foreign_keys`` (default: all) of ``tbl``'s
+    staged rows. A key value that is missing (null) is neither a duplicate nor unknown: it was reported
+    as a missing or unreadable value."""
     parent = writer.parent.name if writer.parent else None
     glob = writer.staged_glob(tbl.name)
     src = f"read_parquet('{glob}', filename=true, file_row_number=true)"
     keys = ", ".join(f'"{k}"' for k in tbl.primary_key)
+    key_given = " AND ".join(f'"{k}" IS NOT NULL' for k in tbl.primary_key)
+    foreign_keys = tbl.foreign_keys if foreign_keys is None else foreign_keys
     # Find duplicate keys first (cheap aggregate), then locate only those rows.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE dupes AS SELECT {keys}, count(*) AS n FROM {src} "
-                f"GROUP BY ALL HAVING count(*) > 1")
-    n_dupes = con.execute("SELECT count(*) FROM dupes").fetchone()[0]
+    n_dupes = 0
+    if check_dupes:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE dupes AS SELECT {keys}, count(*) AS n FROM {src} "
+                    f"WHERE {key_given} GROUP BY ALL HAVING count(*) > 1")
+        n_dupes = con.execute("SELECT count(*) FROM dupes").fetchone()[0]
     dupes = []
     if n_dupes:
         on = " AND ".join(f's."{k}" = d."{k}"' for k in tbl.primary_key)
         dupes = con.execute(
-            f"""WITH d AS (SELECT * FROM dupes ORDER BY ALL LIMIT {MAX_PER_CHECK + 1})
+            f"""WITH d AS (SELECT * FROM dupes ORDER BY ALL LIMIT {MAX_PROBLEMS})
                 SELECT {", ".join(f'd."{k}"' for k in tbl.primary_key)},
                        list(s.filename ORDER BY s.filename, s.file_row_number),
                        list(s.file_row_number ORDER BY s.filename, s.file_row_number), any_value(d.n)
@@ -523,9 +660,10 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
         report.add(Problem(
             second[0], f"duplicate key {_fmt_key(key)} ({n} rows; first at {where_first})",
             row=second[1], line=second[2], column=", ".join(tbl.primary_key)), "dupe")
-    report.dropped += max(0, n_dupes - len(dupes))
+    if dupes:
+        report.add_uncounted(second[0], ", ".join(tbl.primary_key), "dupe", n_dupes - len(dupes))
 
-    for fk in tbl.foreign_keys:
+    for fk in foreign_keys:
         ref = f"read_parquet('{writer.staged_glob(fk.table)}')"
         on = " AND ".join(f'c."{a}" = p."{b}"' for a, b in zip(fk.columns, fk.ref_columns))
         notnull = " AND ".join(f'c."{a}" IS NOT NULL' for a in fk.columns)
@@ -533,7 +671,7 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
         cols = ", ".join(f'c."{a}"' for a in fk.columns)
         missing = con.execute(
             f"SELECT {cols}, c.filename, c.file_row_number {q} ORDER BY c.filename, c.file_row_number "
-            f"LIMIT {MAX_PER_CHECK}").fetchall()
+            f"LIMIT {MAX_PROBLEMS}").fetchall()
         if not missing:
             continue
         total = con.execute(f"SELECT count(*) {q}").fetchone()[0]
@@ -541,13 +679,20 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
             vals = rec[: len(fk.columns)]
             file, row, line = _locate(origins, rec[-2], rec[-1], parent)
             report.add(Problem(
-                file, f"unknown {fk.table} key {', '.join(map(repr, vals))} (no such {'/'.join(fk.ref_columns)} "
-                f"in {fk.table})", row=row, line=line, column=", ".join(fk.columns)), "fk")
-        report.dropped += max(0, total - len(missing))
+                file, f"unknown {fk.table} key {', '.join(map(_fmt_value, vals))} (no such "
+                f"{'/'.join(fk.ref_columns)} in {fk.table})", row=row, line=line, column=", ".join(fk.columns)), "fk")
+        report.add_uncounted(file, ", ".join(fk.columns), "fk", total - len(missing))
 
 
 def _fmt_key(key: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in key.items())
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in key.items())
+
+
+def _fmt_value(v) -> str:
+    """A key value as the bank wrote it: text quoted, dates and times in ISO 8601."""
+    if isinstance(v, (date, datetime)):
+        return v.isoformat()
+    return repr(v) if isinstance(v, str) else str(v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,36 +732,45 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
     now = now or datetime.now(timezone.utc)
     now = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(ZoneInfo(zone))
     src = Path(src)
+    # Every kind of problem is looked for in one run: layout, columns, values and keys. A check that a
+    # problem found earlier makes meaningless is left out (keys of a column that could not be read,
+    # references to a table that could not be read in full).
     report = _Report()
-    files, layout = discover(src)
+    files, layout, broken = _discover(src)
     for p in layout:
-        report.add(p)
-    report.raise_if_any()
+        report.add(p, "layout")
     if not files:
+        report.raise_if_any()
         raise DataValidationError([Problem(str(src), "holds no table files (expected e.g. customers.csv)")])
 
     current = store.current()
     stored = set(current.tables) if current else set()
     may_lack = schema.OPTIONAL_TABLES + schema.ENGINE_TABLES
-    missing = [t for t in schema.TABLES if t not in files and t not in stored and t not in may_lack]
-    if missing:
-        raise DataValidationError([Problem(
+    missing = [t for t in schema.TABLES if t not in files and t not in stored and t not in may_lack
+               and t not in broken]
+    for t in missing:
+        report.add(Problem(
             str(src), f"no file for table {t!r} and the store has none yet (give {t}.csv, "
                       f"{t}.parquet or a {t}/ folder; a header-only CSV makes an empty table; only "
-                      f"{', '.join(may_lack)} may be left out)")
-            for t in missing])
+                      f"{', '.join(may_lack)} may be left out)"), "layout")
+    broken |= set(missing)
     if mode == "append":
         changed = [t for t in files if t in stored and current.extensions(t) != ext.get(t, {})]
-        if changed:
-            raise DataValidationError([Problem(
+        for t in changed:
+            report.add(Problem(
                 str(src), f"table {t!r} is stored with extension columns {current.extensions(t) or 'none'}, and "
                           f"configs/bank.yaml declares {ext.get(t) or 'none'}: append needs the same columns "
-                          f"(ingest {t} in replace mode to change them)") for t in changed])
+                          f"(ingest {t} in replace mode to change them)"), "layout")
+        broken |= set(changed)
+    files = {t: f for t, f in files.items() if t not in broken}
 
     origins: dict[str, _Origin] = {}
+    damage: dict[str, _Damage] = defaultdict(_Damage)
     source = source or f"ingest {src} (mode={mode})"
     with store.write(source, wait=wait) as writer:
         for name, tbl in tables.items():
+            if name in broken:  # reported; nothing is committed
+                continue
             if name not in files:
                 if name in stored:
                     writer.link_from_parent(name)
@@ -630,10 +784,9 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
             for path in files[name]:
                 if progress:
                     progress(f"{name}: {path.name}")
-                _ingest_file(path, tbl, writer, origins, now, report)
-            if not writer.staged_parts(name):
-                writer.write_part(name, tbl.arrow_schema.empty_table())
-        report.raise_if_any()
+                _ingest_file(path, tbl, writer, origins, now, report, damage[name])
+            if not any(writer.table_dir(name).glob("*.parquet")):
+                _stage(writer, tbl, _relaxed(tbl).empty_table(), report)
 
         if progress:
             progress("checking keys")
@@ -644,32 +797,63 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
             for tbl in tables.values():
                 # A table carried over unchanged whose referenced tables are unchanged was checked when
                 # it was committed: only what the new files touch is checked again.
-                if tbl.name in files or any(fk.table in files for fk in tbl.foreign_keys):
-                    _check_keys(con, writer, tbl, origins, report)
+                if tbl.name in broken or not (tbl.name in files or any(fk.table in files for fk in tbl.foreign_keys)):
+                    continue
+                lost = damage[tbl.name].columns
+                fks = [fk for fk in tbl.foreign_keys
+                       if fk.table not in broken and not lost & set(fk.columns)
+                       and not damage[fk.table].rows_lost and not damage[fk.table].columns & set(fk.ref_columns)]
+                try:
+                    _check_keys(con, writer, tbl, origins, report, check_dupes=not lost & set(tbl.primary_key),
+                                foreign_keys=fks)
+                except duckdb.Error:
+                    if not report:
+                        raise
+                    # Staged data that already has problems may not be readable as one table (a column
+                    # of another type in one file): the problems found so far are reported.
         finally:
             con.close()
         report.raise_if_any()
     return store.require_current()
 
 
+def _stage(writer, tbl: Table, data: pa.Table, report: _Report) -> Path:
+    """Stage rows in contract types. Once anything is wrong they are staged for the key checks only, as
+    they are (bad values null), outside the version's manifest: such a version is never committed."""
+    if not report:
+        return writer.write_part(tbl.name, data)
+    d = writer.table_dir(tbl.name)
+    part = d / f"unchecked-{sum(1 for _ in d.glob('unchecked-*')):05d}.parquet"
+    pq.write_table(data, part)
+    return part
+
+
+@dataclass
+class _Damage:
+    """What of one table could not be staged, so that its key checks would say what is not so."""
+
+    columns: set[str] = field(default_factory=set)  # missing or of another type: staged as null
+    rows_lost: bool = False  # a file, or some of its rows, could not be read
+
+
 def _ingest_file(path: Path, tbl: Table, writer, origins: dict[str, _Origin], now: datetime,
-                 report: _Report) -> None:
+                 report: _Report, damage: _Damage) -> None:
+    """Check one file and stage its rows. With any problem (here or before) they are still staged, for
+    the key checks, but outside the version's manifest: such a version is never committed."""
     csv_ = path.suffix.lower() == ".csv"
     f = str(path)
     header_checked = False
     for first_row, batch in _read_batches(path, report):
         if not header_checked:
             header_checked = True
-            if not _check_header(batch.column_names, tbl, f, report):
-                return
-        checked = _check_batch(batch, tbl, f, first_row, csv_, now, report)
-        if checked is None or report:
-            continue  # keep validating to report more, but write nothing once anything is wrong
-        part = writer.write_part(tbl.name, checked)
-        origins[str(part)] = _Origin(f, first_row, csv_)
-    if not header_checked and not report:
+            # The other columns are still checked; a missing column is staged as null.
+            damage.columns |= _check_header(batch.column_names, tbl, f, report)
+        checked, failed = _check_batch(batch, tbl, f, first_row, csv_, now, report)
+        damage.columns |= failed
+        origins[str(_stage(writer, tbl, checked, report))] = _Origin(f, first_row, csv_)
+    if report.count(f, None, "read") or report.count(f, None, "fields"):
+        damage.rows_lost = True
+    elif not header_checked:
         # A file without rows still needs a valid header (Parquet always has its schema).
-        if csv_:
-            _check_header(_csv_header(path), tbl, f, report)
-        else:
-            _check_header(pq.read_schema(path).names, tbl, f, report)
+        names = _csv_header(path) if csv_ else pq.read_schema(path).names
+        damage.columns |= _check_header(names, tbl, f, report)

@@ -808,7 +808,8 @@ def cohort_shares(feats: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
 #: ``facts`` holds ``parts``: a list of [code, fields] of the codes under it, said as one sentence.
 TALKING_POINT_CODES: dict[str, tuple[str, ...]] = {
     "offer_propensity": ("product", "p"), "offer_base_rate": ("product", "p"), "offer_peers": ("product", "share", "segment", "band"),
-    "offer_review": (), "offer_suitable": ("level", "tolerance", "assessed_days"), "facts": ("parts",),
+    "offer_review": (), "offer_review_age": ("age", "limit"), "offer_review_unknown": (),
+    "offer_review_vulnerable": (), "offer_suitable": ("level", "tolerance", "assessed_days"), "facts": ("parts",),
     "churn_risk": ("p",), "assets_down": ("p",), "last_contact": ("days",), "recent_mood": ("mood",),
     "retention_offer": ("action_id", "save_rate", "assets"), "birthday_today": ("turns",),
     "birthday_in": ("days", "turns"), "silence_never": ("tenure_days",), "silence": ("days",),

@@ -28,6 +28,11 @@ class Problem:
         return ", ".join(where) + ": " + self.message
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` and the noun in the right number: ``plural(1, "problem")`` is "1 problem", 2 gives "2 problems"."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 class DataValidationError(NBAError):
     """Input data broke the contract. ``problems`` lists each defect found (up to a limit)."""
 
@@ -36,8 +41,8 @@ class DataValidationError(NBAError):
         self.truncated = truncated
         lines = [str(p) for p in problems]
         if truncated:
-            lines.append(f"... and {truncated} more problem(s)")
-        super().__init__(f"{len(problems) + truncated} problem(s) in input data:\n  " + "\n  ".join(lines))
+            lines.append(f"... and {truncated} more")
+        super().__init__(f"{plural(len(problems) + truncated, 'problem')} in input data:\n  " + "\n  ".join(lines))
 
 
 class StoreError(NBAError):

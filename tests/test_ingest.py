@@ -313,7 +313,7 @@ def test_replacing_a_parent_table_that_orphans_stored_rows(loaded, tmp_path, csv
     _put(only, "customers", _csv(csv_bank, "customers").iloc[:10])
     err = _reject(only, loaded)
     p = next(p for p in err.problems if "unknown customers key" in p.message)
-    assert "already in store version v000001" in p.file
+    assert "store version v000001" in p.file
 
 
 def test_malformed_csv_row(loaded, csv_bank):
@@ -384,7 +384,7 @@ def test_append_adds_rows_and_keeps_keys_unique(loaded, tmp_path, csv_bank):
     dup.mkdir()
     _put(dup, "interactions", inter.iloc[:1])
     p = _reject(dup, loaded, mode="append").problems[0]
-    assert "duplicate key" in p.message and "already in store version v000002" in p.message
+    assert "duplicate key" in p.message and "first at store version v000002" in p.message
 
 
 def test_many_problems_are_capped_and_counted(loaded, csv_bank):
@@ -393,7 +393,7 @@ def test_many_problems_are_capped_and_counted(loaded, csv_bank):
     _put(csv_bank, "interactions", df)
     err = _reject(csv_bank, loaded)
     assert len(err.problems) <= 50 and err.truncated > 0
-    assert f"{len(err.problems) + err.truncated} problem(s)" in str(err)
+    assert f"{len(err.problems) + err.truncated:,} problems" in str(err)
 
 
 def test_one_writer_at_a_time(loaded, csv_bank):
@@ -487,3 +487,106 @@ def test_killed_ingest_leaves_the_previous_version(loaded, csv_bank, where):
     v = ingest(csv_bank, loaded, now=NOW)
     assert set(v.read("relationship_managers").column("branch").to_pylist()) == {"KILLED"}
     assert not any((loaded.root / "staging").glob("*"))
+
+
+# -------------------------------------------------------------------------------------------------
+# Messages a bank reads after ingesting its own export
+
+
+def test_a_local_time_in_a_clock_change_is_named_as_such(loaded, tmp_path, csv_bank):
+    """A time without an offset that the bank's zone skips (clocks forward) or repeats (clocks back) is
+    refused, and the message says which clock change, not that the value cannot be read."""
+    src = tmp_path / "zurich"
+    src.mkdir()
+    df = _csv(csv_bank, "interactions")
+    df["ts"] = df["ts"] + "Z"  # the generated times are UTC: say so
+    df.loc[2, "ts"] = "2026-03-29T02:30:00"   # skipped in Zurich
+    df.loc[4, "ts"] = "2025-10-26 02:30"      # happened twice in Zurich
+    df.loc[5, "ts"] = "2025-10-26T02:30:00+01:00"  # with its offset: one instant, accepted
+    _put(src, "interactions", df)
+    err = _reject(src, loaded, time_zone="Europe/Zurich")
+    why = "(a time without one is the bank's local time and must exist once in its zone)"
+    assert str(_one(err, file="interactions.csv", row=3, column="ts")) == (
+        f"{src / 'interactions.csv'}, row 3 (line 4), column 'ts': 2026-03-29T02:30:00 does not exist in "
+        f"Europe/Zurich (the clocks went forward from 02:00 to 03:00 that night); give the time with its UTC "
+        f"offset {why}")
+    assert _one(err, file="interactions.csv", row=5, column="ts").message == (
+        f"2025-10-26T02:30:00 happened twice in Europe/Zurich (the clocks went back from 03:00 to 02:00); "
+        f"give it with its UTC offset, e.g. +02:00 or +01:00 {why}")
+    assert len(err.problems) == 2 and err.truncated == 0
+
+    # The same in Parquet, where a naive timestamp is the bank's local time too.
+    ti = pa.Table.from_pandas(df.drop(columns="ts"), preserve_index=False)
+    ts = pd.to_datetime(_csv(csv_bank, "interactions")["ts"], format="ISO8601")
+    ts.iloc[2] = pd.Timestamp("2026-03-29 02:30")
+    pq.write_table(ti.append_column("ts", pa.array(ts, pa.timestamp("us"))), src / "interactions.parquet")
+    (src / "interactions.csv").unlink()
+    p = _one(_reject(src, loaded, time_zone="Europe/Zurich"), file="interactions.parquet", row=3, column="ts")
+    assert p.message.startswith("2026-03-29T02:30:00 does not exist in Europe/Zurich (the clocks went forward")
+
+
+def test_every_kind_of_problem_of_a_file_is_reported_in_one_run(loaded, csv_bank):
+    """A missing column, an unexpected one, a bad value, a duplicate key and an unknown reference in one
+    run: a bank fixes its export once, not once per stage of the checks."""
+    cust = _csv(csv_bank, "customers").drop(columns=["segment"])
+    cust["segmnet"] = "mass"
+    cust.loc[6, "birth_date"] = "1980-13-01"
+    cust = pd.concat([cust, cust.iloc[[3]]], ignore_index=True)  # customer of row 4 twice
+    _put(csv_bank, "customers", cust)
+    hold = _csv(csv_bank, "holdings")
+    hold.loc[8, "customer_id"] = "C-19"
+    _put(csv_bank, "holdings", hold)
+    (csv_bank / "accounts.csv").write_text("a,b\n1,2\n")
+    err = _reject(csv_bank, loaded)
+    assert "missing column" in _one(err, file="customers.csv", column="segment").message
+    assert "unexpected column" in _one(err, file="customers.csv", column="segmnet").message
+    assert "cannot read '1980-13-01' as a date" in _one(err, file="customers.csv", row=7, column="birth_date").message
+    assert "duplicate key customer_id=" in _one(err, file="customers.csv", row=len(cust)).message
+    assert "unknown customers key 'C-19'" in _one(err, file="holdings.csv", row=9, column="customer_id").message
+    assert "unknown table 'accounts'" in _one(err, file="accounts.csv").message
+    # The missing column is one problem, not a missing value in every row.
+    assert [p.row for p in err.problems if p.column == "segment"] == [None]
+    assert len(err.problems) == 6 and err.truncated == 0
+
+
+def test_a_key_that_could_not_be_read_is_not_a_duplicate(loaded, csv_bank):
+    hold = _csv(csv_bank, "holdings")
+    hold.loc[[3, 4], "opened_at"] = "2020-13-01"
+    hold.loc[[3, 4], ["customer_id", "product_id"]] = hold.loc[3, ["customer_id", "product_id"]].values
+    _put(csv_bank, "holdings", hold)
+    err = _reject(csv_bank, loaded)
+    assert [p.row for p in err.problems] == [4, 5]
+    assert all("cannot read '2020-13-01'" in p.message for p in err.problems)
+
+
+def test_a_duplicate_key_shows_dates_as_the_bank_wrote_them(loaded, csv_bank):
+    hold = _csv(csv_bank, "holdings")
+    hold = pd.concat([hold, hold.iloc[[4]]], ignore_index=True)
+    hold.loc[len(hold) - 1, "balance"] = "1.0"
+    _put(csv_bank, "holdings", hold)
+    p = _one(_reject(csv_bank, loaded), file="holdings.csv", row=len(hold))
+    r = hold.iloc[4]
+    assert (f"duplicate key customer_id='{r.customer_id}', product_id='{r.product_id}', "
+            f"opened_at={r.opened_at} (2 rows; first at") in p.message
+    assert "datetime" not in p.message
+
+
+def test_a_short_list_of_problems_is_shown_whole(loaded, csv_bank):
+    """Six bad values are six lines, not five and "and 1 more"."""
+    df = _csv(csv_bank, "interactions")
+    df.loc[:5, "sentiment"] = "7"
+    _put(csv_bank, "interactions", df)
+    err = _reject(csv_bank, loaded)
+    assert [p.row for p in err.problems] == [1, 2, 3, 4, 5, 6] and err.truncated == 0
+
+
+def test_a_long_list_counts_what_it_leaves_out(loaded, csv_bank):
+    """Listed + "and K more" is the number of problems; each check gets its share of the list."""
+    df = _csv(csv_bank, "interactions")
+    df["sentiment"] = "7"
+    df["channel"] = "fax"
+    _put(csv_bank, "interactions", df)
+    err = _reject(csv_bank, loaded)
+    assert len(err.problems) + err.truncated == 2 * len(df)
+    assert sorted({p.column for p in err.problems}) == ["channel", "sentiment"]
+    assert all(sum(p.column == c for p in err.problems) == 5 for c in ("channel", "sentiment"))
