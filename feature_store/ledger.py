@@ -675,7 +675,9 @@ class Ledger:
                 return None
             frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=["id", *CONTRACT_COLUMNS])
             for col in ("decided_at", "outcome_at"):
-                frame[col] = pd.to_datetime(frame[col]).astype("datetime64[us]")
+                # The ledger keeps naive UTC; the store reads a time without a zone as the bank's local
+                # time, so the instants go out with theirs.
+                frame[col] = pd.to_datetime(frame[col]).astype("datetime64[us]").dt.tz_localize("UTC")
             frame["decided_at"] = frame["decided_at"].where(frame["decided_at"] <= frame["outcome_at"],
                                                             frame["outcome_at"])
             frame["product_id"] = frame["product_id"].astype(object).where(frame["product_id"].notna(), None)
@@ -687,7 +689,8 @@ class Ledger:
                 pairs = set(zip(have["decision_id"].to_pylist(), have["outcome"].to_pylist()))
                 batch = batch[[p not in pairs for p in zip(batch["decision_id"], batch["outcome"])]]
             version = (record_outcomes(store, batch[list(CONTRACT_COLUMNS)].reset_index(drop=True), source=source,
-                                       now=now.replace(tzinfo=timezone.utc)) if len(batch) else live)
+                                       now=now.replace(tzinfo=timezone.utc), time_zone=self.time_zone)
+                       if len(batch) else live)
             ids = frame["id"].astype(int).tolist()
             with self.engine.begin() as c:
                 for chunk in _chunks(ids, CHUNK):

@@ -29,7 +29,7 @@ TABLE = "action_outcomes"
 
 
 def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "outcomes",
-                    now: datetime | None = None, wait: float = 30) -> StoreVersion:
+                    now: datetime | None = None, wait: float = 30, time_zone: str | None = None) -> StoreVersion:
     """Append outcome rows (columns of the ``action_outcomes`` contract) as a new store version.
 
     Validated as ``nba data ingest --mode append`` validates a file (contract types, allowed values,
@@ -37,7 +37,8 @@ def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "out
     ``DataValidationError`` lists each one (row, column, what was wrong, with ``source`` as the file
     name) and nothing is stored. Only ``action_outcomes`` and what it references are re-checked.
     Waits up to ``wait`` seconds for another writer, then raises ``StoreError``. No rows: nothing is
-    written and the live version is returned.
+    written and the live version is returned. Timestamps with a time zone are converted to UTC; naive
+    ones are the bank's local time in ``time_zone`` (default: ``configs/bank.yaml``), as in an export.
 
     Each call commits one store version (unchanged tables are hard links, but each version costs a
     folder and its files, and the GC spares versions for hours), so write outcomes in batches; the
@@ -59,7 +60,7 @@ def record_outcomes(store: TableStore, rows: pd.DataFrame, *, source: str = "out
         path = Path(tmp) / f"{TABLE}.parquet"
         pq.write_table(table, path)
         try:
-            return ingest(Path(tmp), store, mode="append", now=now, wait=wait,
+            return ingest(Path(tmp), store, mode="append", now=now, wait=wait, time_zone=time_zone,
                           source=f"{source}: {len(rows):,} outcome row(s)")
         except DataValidationError as e:
             # Name the caller's source, not the file the rows went through.

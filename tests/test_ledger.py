@@ -349,6 +349,28 @@ def test_export_appends_pending_outcomes_as_one_version(ledger, loaded):
     assert v3.rows("action_outcomes") == v2.rows("action_outcomes") + 1
 
 
+@pytest.mark.parametrize("zone", [SHANGHAI, "America/New_York"])
+def test_exported_outcomes_keep_their_instants_in_any_bank_time_zone(ledger_url, loaded, zone, tmp_path,
+                                                                      monkeypatch):
+    """The ledger keeps UTC; the store reads a time without a zone as the bank's local time. The export
+    must carry the instants, not the clock readings (8 hours early in Shanghai, refused as "in the
+    future" in New York otherwise)."""
+    own = tmp_path / "bank.yaml"
+    own.write_text(f"time_zone: {zone}\n")
+    monkeypatch.setenv("NBA_BANK_CONFIG", str(own))  # the bank's zone, as `nba outcomes export` has it
+    led = Ledger(ledger_url)
+    try:
+        v0 = loaded.require_current()
+        cust = v0.read("customers").to_pandas()["customer_id"].iloc[0]
+        led.record_decisions([dec(1, cust)], source="api", decided_at=at(D, 9))
+        led.record_outcome("N1", "accepted", idempotency_key="k", outcome_at=at(D, 10), now=NOW)
+        v1 = led.export_outcomes(loaded, now=NOW)
+        got = v1.read("action_outcomes").to_pandas().set_index("decision_id").loc["N1"]
+        assert got["decided_at"] == pd.Timestamp(at(D, 9)) and got["outcome_at"] == pd.Timestamp(at(D, 10))
+    finally:
+        led.close()
+
+
 # -- durability and opening --------------------------------------------------------------------------
 
 WRITER = """

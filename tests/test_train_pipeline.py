@@ -159,7 +159,7 @@ def test_ray_worker_killed_resumes_from_last_checkpoint(small_data, ray_session,
     data, cfg = small_data
     model_cfg = cfg.model.model_copy(update={"epochs": 4, "patience": 10})
     trace, marker = tmp_path / "trace.txt", tmp_path / "killed"
-    result = fit(model_cfg, data, RayConfig(max_failures=1), tmp_path / "ray", "kill-test",
+    result = fit(model_cfg, data, RayConfig(max_failures=1, checkpoint_every_s=0), tmp_path / "ray", "kill-test",
                  fault_injection={"kill_after_epoch": 1, "marker": str(marker), "trace": str(trace)})
     assert marker.exists(), "the worker was killed"
     assert trace.read_text().split("\n")[:2] == ["start 0", "start 2"], "resumed at epoch 2, not 0"

@@ -45,6 +45,10 @@ class RayConfig(_Strict):
     cpus_per_worker: int | None = Field(None, ge=1, description="default: all local CPUs shared by the workers")
     max_failures: int = Field(2, ge=-1, description="restarts from the last checkpoint after a worker dies")
     keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_every_s: float = Field(30.0, ge=0, description=(
+        "seconds of training between reports to Ray Train, each with a checkpoint (0: every epoch); the last "
+        "epoch is always reported. A worker that dies loses at most this much work; a report can cost up to "
+        "the controller's poll interval (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s)"))
 
 
 class RunConfig(_Strict):
