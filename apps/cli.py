@@ -6,6 +6,7 @@ Errors the project raises on purpose (``NBAError``) are printed without a traceb
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -133,6 +134,20 @@ def data_ingest(
         version = ingest(src, store, mode=mode, progress=lambda msg: status.update(f"ingesting {msg}"))
     out.print(f"store version {version.name} is live ({version.manifest['source']})")
     _print_version(version)
+    from feature_store.materialize import online_behind, online_store
+    from feature_store.online import ENV_VAR as ONLINE_ENV
+    behind = None
+    if os.environ.get(ONLINE_ENV) or (state.home.root / "online.sqlite").exists():  # never create one here
+        try:
+            online = online_store(state.home)
+            try:
+                behind = online_behind(online.live(), version.name)
+            finally:
+                online.close()
+        except Exception:  # noqa: BLE001 - an unreachable online store is the server's concern, not ingest's
+            behind = None
+    if behind:
+        out.print(f"[yellow]note:[/yellow] {behind}")
 
 
 @data_app.command("status")

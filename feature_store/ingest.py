@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from nba import schema
-from nba.bank import BankConfig, Extensions, load_bank_config
+from nba.bank import BankConfig, Extensions, bank_config_name, load_bank_config
 from nba.errors import ConfigError, DataValidationError, Problem
 from nba.schema import Column, DType, Table
 
@@ -606,7 +606,7 @@ def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) ->
     for name in columns:
         if name not in tbl.column_names:
             hint = (f"; a column the bank has beyond the contract must be declared, with its type, under "
-                    f"extensions.{tbl.name} in configs/bank.yaml" if tbl.name in schema.EXTENSION_TABLES else "")
+                    f"extensions.{tbl.name} in {bank_config_name()}" if tbl.name in schema.EXTENSION_TABLES else "")
             report.add(Problem(
                 file, f"unexpected column (table {tbl.name} has: {', '.join(tbl.column_names)}){hint}",
                 column=name), "header")
@@ -617,10 +617,13 @@ def _check_header(columns: list[str], tbl: Table, file: str, report: _Report) ->
 # Key checks over the staged version
 
 
-def _locate(origins: dict[str, _Origin], part: str, row0: int, store_name: str | None) -> tuple[str, int | None, int | None]:
+def _locate(origins: dict[str, _Origin], part: str, row0: int, store_name: str | None,
+            table: str) -> tuple[str, int | None, int | None]:
+    """(file, row, CSV line) of row ``row0`` of a staged part; a row carried over from the live version
+    is named by its table and version (its file is long gone)."""
     o = origins.get(part)
     if o is None:
-        return f"store version {store_name}", None, None
+        return f"{table} already in store version {store_name}", None, None
     row = o.first_row + row0 + 1
     return o.file, row, (row + 1 if o.csv else None)
 
@@ -654,8 +657,8 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
     for rec in dupes:
         key = dict(zip(tbl.primary_key, rec[: len(tbl.primary_key)]))
         files, rows, n = rec[len(tbl.primary_key)], rec[len(tbl.primary_key) + 1], rec[-1]
-        first = _locate(origins, files[0], rows[0], parent)
-        second = _locate(origins, files[1], rows[1], parent)
+        first = _locate(origins, files[0], rows[0], parent, tbl.name)
+        second = _locate(origins, files[1], rows[1], parent, tbl.name)
         where_first = first[0] + (f" row {first[1]}" if first[1] else "")
         report.add(Problem(
             second[0], f"duplicate key {_fmt_key(key)} ({n} rows; first at {where_first})",
@@ -677,10 +680,13 @@ def _check_keys(con: duckdb.DuckDBPyConnection, writer, tbl: Table, origins: dic
         total = con.execute(f"SELECT count(*) {q}").fetchone()[0]
         for rec in missing:
             vals = rec[: len(fk.columns)]
-            file, row, line = _locate(origins, rec[-2], rec[-1], parent)
+            file, row, line = _locate(origins, rec[-2], rec[-1], parent, tbl.name)
+            stored = "" if rec[-2] in origins else (
+                f"; a stored {tbl.name} row refers to it: give {fk.table} with it, or {tbl.name} again without it")
             report.add(Problem(
                 file, f"unknown {fk.table} key {', '.join(map(_fmt_value, vals))} (no such "
-                f"{'/'.join(fk.ref_columns)} in {fk.table})", row=row, line=line, column=", ".join(fk.columns)), "fk")
+                f"{'/'.join(fk.ref_columns)} in {fk.table}{stored})", row=row, line=line,
+                column=", ".join(fk.columns)), "fk")
         report.add_uncounted(file, ", ".join(fk.columns), "fk", total - len(missing))
 
 
@@ -759,7 +765,7 @@ def ingest(src: Path, store: TableStore, *, mode: Mode = "replace", now: datetim
         for t in changed:
             report.add(Problem(
                 str(src), f"table {t!r} is stored with extension columns {current.extensions(t) or 'none'}, and "
-                          f"configs/bank.yaml declares {ext.get(t) or 'none'}: append needs the same columns "
+                          f"{bank_config_name()} declares {ext.get(t) or 'none'}: append needs the same columns "
                           f"(ingest {t} in replace mode to change them)"), "layout")
         broken |= set(changed)
     files = {t: f for t, f in files.items() if t not in broken}

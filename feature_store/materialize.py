@@ -127,6 +127,19 @@ def features_at(home: Home, as_of: date, version: StoreVersion | None = None,
     return _as_stored(compute_features(version, as_of, state, time_zone(), vulnerable_default()))
 
 
+def online_behind(live: dict | None, store_version: str) -> str | None:
+    """Why the online store's live features (``live``, :meth:`OnlineStore.live`) do not reflect store
+    version ``store_version`` (they were materialized from an earlier one), or None when they do."""
+    if not live:
+        return None
+    _, _, built_from = str(live.get("version", "")).partition("@")
+    if not built_from or built_from == store_version:
+        return None
+    return (f"the online features ({live.get('version')}) were materialized from store version {built_from}, "
+            f"and the store is at {store_version}: run `nba features materialize` so that the API and the "
+            f"workbench read its data")
+
+
 def _live_as_of(live: dict | None) -> date | None:
     try:
         return date.fromisoformat(str(live["version"]).split("@", 1)[0]) if live else None

@@ -100,6 +100,12 @@ def load_bank_config(path: Path | None = None) -> BankConfig:
 BANK_CONFIG_ENV = "NBA_BANK_CONFIG"
 
 
+def bank_config_name() -> str:
+    """The bank's settings file in force, as messages should name it: ``$NBA_BANK_CONFIG`` when set,
+    else ``configs/bank.yaml``."""
+    return os.environ.get(BANK_CONFIG_ENV, "").strip() or "configs/bank.yaml"
+
+
 @functools.lru_cache(maxsize=8)
 def _load_bank_config(path: Path | None) -> BankConfig:
     return load_yaml(BankConfig, path, default_name="bank.yaml")

@@ -47,7 +47,7 @@ from feature_store.sql import redact
 from feature_store.store import StoreVersion, TableStore
 from nba import features as F
 from nba.atomic import Busy, file_stem, lock, lock_path, publish_dir
-from nba.bank import load_bank_config
+from nba.bank import bank_config_name, load_bank_config
 from nba.catalog import Catalog, load_catalog
 from nba.decision import (
     DECISION_COLUMNS,
@@ -273,7 +273,7 @@ def _staleness(version: StoreVersion, day: date, force: bool, log) -> dict:
     if age > fresh.max_days:
         if not force:
             raise DailyError(f"the store's data ends {last}, {age} days before {day} (more than "
-                             f"data_freshness.max_days {fresh.max_days} in configs/bank.yaml): load newer data, "
+                             f"data_freshness.max_days {fresh.max_days} in {bank_config_name()}): load newer data, "
                              f"or pass --force to decide on stale data")
         out["forced"] = True
     if age > fresh.warn_days:

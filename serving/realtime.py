@@ -29,7 +29,12 @@ import pandas as pd
 
 from bundle import Bundle, BundleError, registry
 from feature_store.ledger import Ledger
-from feature_store.materialize import _live_as_of, features_at, online_store
+from feature_store.materialize import (
+    _live_as_of,
+    features_at,
+    online_behind,
+    online_store,
+)
 from feature_store.online import OnlineStore
 from feature_store.outcomes import decision_outcomes
 from feature_store.store import TableStore
@@ -88,6 +93,7 @@ class ServingState:
     scores: DayScores | None = None  # nba.decision.day_scores of every client of the day, [n_clients, ...]
     churn: np.ndarray | None = None   # [n_clients] churn probability from the model (NaN: unknown)
     prior: np.ndarray | None = None   # [n_clients] bool: propensities from the bundle's prior (base rates)
+    warnings: tuple[str, ...] = ()  # what the operator should know about this state (stale features)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -208,6 +214,9 @@ class DecisionService:
                  for s in range(0, len(feats), DAY_CHUNK)] or [day_scores(feats, catalog, inputs, day)]
         scores = DayScores({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
 
+        behind = online_behind(live, store.name)
+        if behind:
+            log.warning("%s", behind)
         try:
             run_metrics = _run_metrics(mv)
         except Exception:  # noqa: BLE001 - metrics are informative only
@@ -217,7 +226,7 @@ class DecisionService:
             build_id=snap.build_id, snapshot=snap, catalog=catalog,
             product_col=product_col, day=day,
             online_version=str(live.get("version")), store_version=store.name, cohort=cohort, kinds=kinds,
-            rows=rows, store_history=hist, meta=dict(b.meta), metrics=run_metrics,
+            rows=rows, store_history=hist, meta=dict(b.meta), metrics=run_metrics, warnings=(behind,) if behind else (),
             day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, churn=inputs.churn, prior=inputs.prior)
 
     # -- reading clients ----------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def test_health_ready_model_and_metrics(client, keys):
     assert r.status_code == 200 and r.json()["model_version"].endswith("/1")
     m = client.get("/v1/model", headers=H(keys["campaign"])).json()
     assert m["model_version"] == 1 and m["features_as_of"] == str(AS_OF) and m["index_build"]
+    assert m["warnings"] == [], "the online features are the live store version's"
     text = client.get("/metrics").text
     assert "nba_requests_total" in text and "nba_reloads_total" in text
 

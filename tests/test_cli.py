@@ -68,6 +68,11 @@ def test_features_materialize_and_get(tmp_path):
     assert r.returncode == 2 and "unknown customer_id 'C-19'" in r.stderr
     r = run(["features", "get", "C00000005", "--as-of", "2020-01-01"], home)
     assert r.returncode == 2 and "no features materialized for as_of 2020-01-01" in r.stderr
+    # A new store version after the features were published: ingest says the online features are behind.
+    assert "online features" not in run(["data", "status"], home).stdout
+    r = run(["data", "ingest", str(home / "synthetic")], home)
+    assert r.returncode == 0 and "were materialized from store version v000001" in r.stdout \
+        and "nba features materialize" in r.stdout, r.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("state:\n  new_tenure_dayz: 10\n")
     r = run(["features", "materialize", "--config", str(bad)], home)

@@ -574,5 +574,8 @@ def test_the_banks_settings_can_live_outside_the_source_tree(tmp_path, monkeypat
     own.write_text("time_zone: Asia/Shanghai\n")
     monkeypatch.setenv("NBA_BANK_CONFIG", str(own))
     assert load_bank_config().time_zone == "Asia/Shanghai"
+    from nba.bank import bank_config_name
+    assert bank_config_name() == str(own), "messages name the file in force"
     monkeypatch.delenv("NBA_BANK_CONFIG")
+    assert bank_config_name() == "configs/bank.yaml"
     assert load_bank_config().time_zone != "Asia/Shanghai"

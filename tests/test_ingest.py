@@ -313,7 +313,12 @@ def test_replacing_a_parent_table_that_orphans_stored_rows(loaded, tmp_path, csv
     _put(only, "customers", _csv(csv_bank, "customers").iloc[:10])
     err = _reject(only, loaded)
     p = next(p for p in err.problems if "unknown customers key" in p.message)
-    assert "store version v000001" in p.file
+    assert "already in store version v000001" in p.file
+    # Each stored table that refers to a dropped client is named, with what to do.
+    tables = {q.file.split(" ")[0] for q in err.problems if "unknown customers key" in q.message}
+    assert {"holdings", "transactions"} <= tables, tables
+    assert "give customers with it, or holdings again without it" in next(
+        q.message for q in err.problems if q.file.startswith("holdings"))
 
 
 def test_malformed_csv_row(loaded, csv_bank):
@@ -384,7 +389,7 @@ def test_append_adds_rows_and_keeps_keys_unique(loaded, tmp_path, csv_bank):
     dup.mkdir()
     _put(dup, "interactions", inter.iloc[:1])
     p = _reject(dup, loaded, mode="append").problems[0]
-    assert "duplicate key" in p.message and "first at store version v000002" in p.message
+    assert "duplicate key" in p.message and "already in store version v000002" in p.message
 
 
 def test_many_problems_are_capped_and_counted(loaded, csv_bank):

@@ -103,3 +103,11 @@ def test_unknown_backend_is_a_named_error(tmp_path):
 def test_unreachable_redis_is_a_named_error(tmp_path):
     with pytest.raises(StoreError, match="cannot reach the online store"):
         open_online_store(tmp_path / "x.sqlite", "redis://127.0.0.1:1/0")
+
+
+def test_online_features_behind_the_store_are_named():
+    from feature_store.materialize import online_behind
+    live = {"version": "2026-05-01@v000002"}
+    assert online_behind(live, "v000002") is None and online_behind(None, "v000003") is None
+    why = online_behind(live, "v000003")
+    assert "store version v000002" in why and "at v000003" in why and "nba features materialize" in why

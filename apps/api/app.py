@@ -316,7 +316,7 @@ def _routes(app: FastAPI) -> None:
                 "features_as_of": st.day.isoformat(), "online_version": st.online_version,
                 "store_version": st.store_version, "index_build": st.build_id,
                 "loaded_at": datetime.fromtimestamp(st.loaded_at, timezone.utc).isoformat(timespec="seconds"),
-                "metrics": st.metrics}
+                "metrics": st.metrics, "warnings": list(st.warnings)}
 
     @app.post("/v1/admin/reload", tags=["operations"], response_model=schemas.ReloadResponse,
               summary="Load the alias's current model now",

@@ -228,6 +228,8 @@ class ModelInfo(BaseModel):
     index_build: str
     loaded_at: str
     metrics: dict[str, float]
+    warnings: list[str] = Field(default_factory=list, description=(
+        "what the operator should know, e.g. online features materialized from an older store version"))
 
 
 class ReloadResponse(BaseModel):
