@@ -163,8 +163,16 @@ def model_version(home: Home, alias_or_version: str | int = CHAMPION, name: str 
             return client.get_model_version(name, str(alias_or_version))
         return client.get_model_version_by_alias(name, str(alias_or_version))
     except MlflowException as e:
+        hint = ""
+        try:
+            if not client.search_model_versions(f"name = '{name}'", max_results=1):
+                hint = "; no model is registered yet: run `nba train --promote` (or `nba demo`)"
+            elif alias_or_version == CHAMPION:
+                hint = "; no version is the champion yet: `nba models promote VERSION` (see `nba models list`)"
+        except MlflowException:
+            pass
         raise BundleError(f"registered model {name!r} has no version or alias {alias_or_version!r} "
-                          f"(tracking {uri}): {e.message}") from None
+                          f"(tracking {uri}): {e.message}{hint}") from None
 
 
 def promote(home: Home, version: int, name: str | None = None, alias: str = CHAMPION) -> None:

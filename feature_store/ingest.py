@@ -211,6 +211,11 @@ def _read_batches(path: Path, report: _Report) -> Iterator[tuple[int, pa.Table]]
     if not header:
         report.add(Problem(f, "empty file (expected a header line with the column names)"), "read")
         return
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+        if len(header) == 1 and sep in header[0]:
+            report.add(Problem(f, f"the header is one column holding {name} ({header[0][:60]!r}): CSV files "
+                                  f"must be comma-separated (export with ',' as the delimiter)", line=1), "read")
+            return
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         report.add(Problem(f, f"header repeats column{'s' if len(dupes) > 1 else ''} {', '.join(dupes)}", line=1), "read")
@@ -253,6 +258,7 @@ _DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
 _TIMESTAMP_RE = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6}0{0,3})?)?"
                  r"(Z|[+-]\d{2}(:?\d{2})?)?)?$")  # an offset only after a time
 _OFFSET_RE = r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_NULL_WORDS = {"NULL", "N/A", "NA", "NONE", "NAN", "NIL", "-", "?"}  # what exports write for "no value"
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
@@ -399,6 +405,10 @@ def _show(arr: pa.Array, i: int, quote: bool = True) -> str:
     """A value for an error message, also one Python cannot hold (a year past 9999)."""
     try:
         v = arr[i].as_py()
+        if isinstance(v, (date, datetime)):
+            return v.isoformat()
+        if isinstance(v, pd.Timestamp):  # nanoseconds, which datetime cannot hold
+            return f"{v.isoformat()} (nanoseconds)"
         return repr(v) if quote else str(v)
     except (OverflowError, ValueError):
         return f"{arr[i]} ({arr.type})"
@@ -521,7 +531,10 @@ def _check_batch(batch: pa.Table, tbl: Table, file: str, first_row: int, csv_: b
             text = src.combine_chunks() if isinstance(src, pa.ChunkedArray) else src
 
             def cannot_read(i: int) -> str:
-                return f"cannot read {_show(text, i)} as {col.expected()}"
+                hint = ""
+                if pa.types.is_string(text.type) and str(text[i].as_py()).strip().upper() in _NULL_WORDS:
+                    hint = "; leave the cell empty for a missing value"
+                return f"cannot read {_show(text, i)} as {col.expected()}{hint}"
 
             # A local time the bank's zone skips or repeats was read: it is its instant that is unknown.
             changes = {int(i): c for c in clock for i in c.rows}
@@ -591,8 +604,14 @@ def _check_values(arr: pa.Array, col: Column, unparsed: np.ndarray, now: datetim
         late = pc.fill_null(pc.greater(arr, limit), False).to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(late)
         if len(rows):
+            def when(i: int) -> str:  # a timestamp in the bank's time, as the clock it is compared with
+                v = arr[i].as_py()
+                if isinstance(v, datetime):
+                    return v.replace(tzinfo=timezone.utc).astimezone(now.tzinfo).isoformat()
+                return _show(arr, i, quote=False)
+
             bad("future", rows,
-                lambda i: f"{_show(arr, i, quote=False)} lies in the future (ingest clock {now.isoformat(timespec='seconds')}, "
+                lambda i: f"{when(i)} lies in the future (ingest clock {now.isoformat(timespec='seconds')}, "
                           f"bank time zone {now.tzinfo})")
 
 

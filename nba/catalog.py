@@ -255,9 +255,13 @@ def resolve(config: CatalogConfig, products: pd.DataFrame) -> Catalog:
 
 
 def _unknown_product(key: str, pid: str, known: pd.Index) -> str:
-    near = difflib.get_close_matches(pid, [str(k) for k in known], n=3)
-    return (f"{key} names product {pid!r}, which is not in the products table ({len(known)} products"
-            + (f"; did you mean {', '.join(near)}?)" if near else ")"))
+    ids = [str(k) for k in known]
+    near = difflib.get_close_matches(pid, ids, n=3)
+    if near:
+        hint = f"; did you mean {', '.join(near)}?"
+    else:  # nothing close: a catalogue of its own, so say what it holds
+        hint = f": {', '.join(ids[:12])}" + (", ..." if len(ids) > 12 else "")
+    return f"{key} names product {pid!r}, which is not in the products table ({len(known)} products{hint})"
 
 
 def load_catalog(products: pd.DataFrame, path: Path | None = None) -> Catalog:

@@ -129,3 +129,11 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path):
     assert not (tmp_path / "mlruns").exists() and not (Path.cwd() / "mlruns").exists()
     r = run(["data", "status"], home)
     assert "1,500" in r.stdout
+
+
+def test_no_model_yet_says_how_to_make_one(tmp_path):
+    from bundle import registry
+    from bundle.format import BundleError
+    from nba.home import Home
+    with pytest.raises(BundleError, match="no model is registered yet: run `nba train --promote`"):
+        registry.model_version(Home(tmp_path / "home").ensure())

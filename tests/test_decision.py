@@ -393,8 +393,10 @@ def test_catalog_errors_name_the_field(tmp_path):
     raw["product_offers"]["products"] = {"NOPE": {"lever": 2.0}}
     raw["product_offers"]["unknown_products"] = "error"  # the default skips it with a warning (test_bank_exports)
     from nba.catalog import CatalogConfig
-    with pytest.raises(ConfigError, match="'NOPE', which is not in the products table"):
+    with pytest.raises(ConfigError, match="'NOPE', which is not in the products table") as e:
         resolve(CatalogConfig.model_validate(raw), products_table())
+    first = str(products_table()["product_id"].iloc[0])
+    assert first in str(e.value), "nothing close: the products it holds are listed"
     bad.write_text(bad.read_text().replace("max_contacts_per_30d: 0", "max_contacts_per_30d: 2, surprise: 1"))
     with pytest.raises(ConfigError, match="surprise"):
         load_catalog(products_table(), bad)

@@ -154,6 +154,8 @@ def test_lossy_parquet_values_are_rejected(loaded, csv_bank):
     ("birth_date", "1980-02-30", "cannot read '1980-02-30' as a date"),
     ("risk_tolerance", "high", "cannot read 'high' as an integer"),
     ("vulnerable", "maybe", "cannot read 'maybe' as true/false"),
+    ("risk_tolerance", "N/A", "cannot read 'N/A' as an integer in [1, 5]; leave the cell empty for a missing value"),
+    ("risk_assessed_at", "NULL", "leave the cell empty for a missing value"),
 ])
 def test_unparseable_value(loaded, csv_bank, column, value, needle):
     df = _csv(csv_bank, "customers")
@@ -595,3 +597,10 @@ def test_a_long_list_counts_what_it_leaves_out(loaded, csv_bank):
     assert len(err.problems) + err.truncated == 2 * len(df)
     assert sorted({p.column for p in err.problems}) == ["channel", "sentiment"]
     assert all(sum(p.column == c for p in err.problems) == 5 for c in ("channel", "sentiment"))
+
+
+def test_a_csv_with_another_delimiter_is_named(loaded, csv_bank):
+    df = _csv(csv_bank, "relationship_managers")
+    df.to_csv(csv_bank / "relationship_managers.csv", index=False, sep=";")
+    p = _one(_reject(csv_bank, loaded), file="relationship_managers.csv")
+    assert "semicolons" in p.message and "comma-separated" in p.message
