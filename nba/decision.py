@@ -345,6 +345,7 @@ class _Static:
     risk: np.ndarray       # [A] offers: the product's risk level (0 for other actions)
     invest: np.ndarray     # [A] offers: an investment product (suitability applies)
     action_ids: np.ndarray  # [A] object
+    action_id_list: list = None  # [A] the same, as a list (per-action Python loops)
     product_rows: dict = None  # product_id -> the product's row as a dict (talking points)
     segment_cache: dict = None  # segment -> [A] bool (see _segment_rows)
 
@@ -385,6 +386,7 @@ def _build_static(catalog: Catalog) -> _Static:
     return _Static(
         min_age=min_age, segments=segments, margins=prods["annual_margin"].to_numpy(float), risk=risk,
         invest=invest, action_ids=np.array([a.action_id for a in catalog.actions], dtype=object),
+        action_id_list=[a.action_id for a in catalog.actions],
         product_rows={pid: row for pid, row in zip(prods.index, prods.to_dict("records"))}, segment_cache={},
         fam=np.array([FAMILIES.index(a.family) for a in catalog.actions]),
         prod=np.array([pidx[a.product_id] if a.product_id else -1 for a in catalog.actions]),
@@ -460,6 +462,9 @@ class DayScores(dict):
     ``protected``, ``churn``, ``outbound_30d`` [n]. :meth:`take` selects rows."""
 
     def take(self, idx) -> DayScores:
+        if isinstance(idx, np.ndarray) and idx.shape == (1,):  # one client (the API): views, no copies
+            i = int(idx[0])
+            idx = slice(i, i + 1)
         return DayScores({k: v[idx] for k, v in self.items()})
 
 
@@ -647,6 +652,28 @@ def finish(day: DayScores, catalog: Catalog, history: _History, request: Request
     return {"P": P, "V": V, "removed_by": removed_by, "rm_review": rm_review, "chan_ok": chan_ok,
             "best": options_, "held": day["held"], "protected": day["protected"], "churn": day["churn"],
             "action_priority": per_action, "action_channel": channel}
+
+
+#: What :func:`answers` and the scoring API read of :func:`finish`'s arrays.
+ANSWER_KEYS = ("P", "V", "rm_review", "removed_by", "chan_ok", "action_priority", "action_channel")
+
+
+def quiet_finish(day: DayScores, catalog: Catalog) -> DayScores:
+    """:func:`finish` of every client of ``day`` with no contact history in the ledger and a request
+    that narrows nothing (no channel, candidates or exclusions): :data:`ANSWER_KEYS` [n, A], equal to
+    ``finish(day.take(i), catalog, <empty history>, Request())`` for each row ``i`` (tested). Most API
+    requests are such: the server computes this when it loads a model and takes a row per request
+    instead of running :func:`finish`. ``action_channel`` is int8 (an index into :data:`CHANNELS`)."""
+    n = len(day["P"])
+    d = finish(day, catalog, _History(None, range(n), catalog, date.min), None, best=False)
+    out = DayScores({k: d[k] for k in ANSWER_KEYS})
+    out["action_channel"] = out["action_channel"].astype(np.int8)
+    return out
+
+
+def narrows_nothing(request: Request | None) -> bool:
+    """Whether ``request`` leaves the day's decision as it is (no channel, candidates or exclusions)."""
+    return request is None or (request.channel is None and request.candidates is None and not request.exclude)
 
 
 def assign(rm: np.ndarray, ip: np.ndarray, dg: np.ndarray, capacity: dict[str, int]) -> np.ndarray:
@@ -1020,7 +1047,9 @@ def answers(ids: Sequence[str], records: list[dict], hashes: Sequence[str], chur
         order = np.argsort(-pri, kind="stable")
         order = order[np.isfinite(pri[order])][:max(int(top), 1)]
         rb = d["removed_by"][i]
-        trace = {rule: S.action_ids[rb == k + 1].tolist() for k, rule in enumerate(rules)}
+        trace = {rule: [] for rule in rules}
+        for j in np.flatnonzero(rb).tolist():  # in action order, as a mask per rule would give
+            trace[rules[int(rb[j]) - 1]].append(S.action_id_list[j])
         trace["passed"] = S.action_ids[(rb == 0) & d["chan_ok"][i]].tolist()
         trace["chosen"] = None
         r = records[i]

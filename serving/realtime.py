@@ -40,6 +40,7 @@ from feature_store.outcomes import decision_outcomes
 from feature_store.store import TableStore
 from nba.catalog import Catalog, load_catalog
 from nba.decision import (
+    ANSWER_KEYS,
     DAY_RULES,
     RULES,
     DayScores,
@@ -51,6 +52,8 @@ from nba.decision import (
     day_scores,
     document_hash,
     finish,
+    narrows_nothing,
+    quiet_finish,
     realtime,
 )
 from nba.errors import NBAError
@@ -91,6 +94,7 @@ class ServingState:
     metrics: dict           # the registered version's run metrics
     day_rows: dict = field(default_factory=dict)  # customer_id -> row of ``scores`` and ``churn``
     scores: DayScores | None = None  # nba.decision.day_scores of every client of the day, [n_clients, ...]
+    quiet: DayScores | None = None  # nba.decision.quiet_finish of those scores
     churn: np.ndarray | None = None   # [n_clients] churn probability from the model (NaN: unknown)
     prior: np.ndarray | None = None   # [n_clients] bool: propensities from the bundle's prior (base rates)
     warnings: tuple[str, ...] = ()  # what the operator should know about this state (stale features)
@@ -213,6 +217,10 @@ class DecisionService:
         parts = [day_scores(feats.iloc[s:s + DAY_CHUNK], catalog, inputs.take(slice(s, s + DAY_CHUNK)), day)
                  for s in range(0, len(feats), DAY_CHUNK)] or [day_scores(feats, catalog, inputs, day)]
         scores = DayScores({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        # ... and the whole decision of a client without contact history, for a request that narrows
+        # nothing: most requests take a row of it instead of running finish.
+        quiet = [quiet_finish(scores.take(slice(s, s + DAY_CHUNK)), catalog) for s in range(0, len(feats), DAY_CHUNK)]
+        quiet = DayScores({k: np.concatenate([q[k] for q in quiet]) for k in ANSWER_KEYS}) if quiet else None
 
         behind = online_behind(live, store.name)
         if behind:
@@ -227,7 +235,8 @@ class DecisionService:
             product_col=product_col, day=day,
             online_version=str(live.get("version")), store_version=store.name, cohort=cohort, kinds=kinds,
             rows=rows, store_history=hist, meta=dict(b.meta), metrics=run_metrics, warnings=(behind,) if behind else (),
-            day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, churn=inputs.churn, prior=inputs.prior)
+            day_rows={c: i for i, c in enumerate(day_ids)}, scores=scores, quiet=quiet, churn=inputs.churn,
+            prior=inputs.prior)
 
     # -- reading clients ----------------------------------------------------------------------------
 
@@ -336,8 +345,12 @@ class DecisionService:
                               state.cohort, request, top, detail=True, hashes=rows.hashes)
         else:
             at = np.array(at, dtype=np.int64)
-            hist = _History(self.history(ids, state), ids, state.catalog, state.day)
-            d = finish(state.scores.take(at), state.catalog, hist, request, best=False)
+            history = self.history(ids, state)
+            if not history and state.quiet is not None and narrows_nothing(request):
+                d = state.quiet.take(at)  # = finish with no history and this request (quiet_finish)
+            else:
+                hist = _History(history, ids, state.catalog, state.day)
+                d = finish(state.scores.take(at), state.catalog, hist, request, best=False)
             out = answers(ids, rows.records, rows.hashes, state.churn[at], d, state.catalog, state.cohort,
                           state.day, request, top, prior=state.prior[at])
         now = self.clock()

@@ -480,6 +480,26 @@ def test_best_channel_from_the_day_equals_the_best_over_each_channel(clients, pr
         np.testing.assert_array_equal(day[k], before[k], err_msg=k)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(clients=st.lists(client, min_size=1, max_size=12), prods=st.lists(product_row, min_size=1, max_size=5),
+       max_contacts=st.integers(1, 3))
+def test_the_quiet_decision_is_finish_without_history_per_client(clients, prods, max_contacts):
+    """The API takes a client's row of quiet_finish when the ledger has no history for it and the request
+    narrows nothing: it must equal finish on that one client with an empty history and that request."""
+    from nba import decision as D
+    feats, catalog, inputs, _, _ = build_case(clients, prods, (1, 1, 1), max_contacts)
+    day = D.day_scores(feats, catalog, inputs, DAY)
+    quiet = D.quiet_finish(day, catalog)
+    assert D.narrows_nothing(D.Request()) and D.narrows_nothing(None)
+    assert not D.narrows_nothing(D.Request(channel="app")) and not D.narrows_nothing(D.Request(exclude=("x",)))
+    for i in range(len(feats)):
+        one = D.finish(day.take(np.array([i])), catalog, D._History(None, ["c"], catalog, DAY), D.Request(),
+                       best=False)
+        row = quiet.take(np.array([i]))
+        for k in D.ANSWER_KEYS:
+            np.testing.assert_array_equal(row[k], one[k], err_msg=k)
+
+
 def test_feature_hash_is_the_hash_of_the_stored_document(tmp_path):
     """The daily run hashes the documents the online store keeps, so the API hashes the bytes it reads."""
     from feature_store.online import SQLiteOnlineStore

@@ -244,6 +244,8 @@ def _candidates(state, ids: list[str] | None) -> list[str] | None:
     """Action ids, with a product id standing for its offers. Raises HTTP 422 naming unknown ids."""
     if ids is None:
         return None
+    if not ids:
+        return []
     actions = {a.action_id for a in state.catalog.actions}
     by_product: dict[str, list[str]] = {}
     for a in state.catalog.actions:
