@@ -220,7 +220,9 @@ class DecisionService:
         # ... and the whole decision of a client without contact history, for a request that narrows
         # nothing: most requests take a row of it instead of running finish.
         quiet = [quiet_finish(scores.take(slice(s, s + DAY_CHUNK)), catalog) for s in range(0, len(feats), DAY_CHUNK)]
-        quiet = DayScores({k: np.concatenate([q[k] for q in quiet]) for k in ANSWER_KEYS}) if quiet else None
+        same = ("P", "V", "rm_review")  # finish passes these through: the day's own arrays, not copies
+        quiet = DayScores({k: scores[k] if k in same else np.concatenate([q[k] for q in quiet])
+                           for k in ANSWER_KEYS}) if quiet else None
 
         behind = online_behind(live, store.name)
         if behind:
